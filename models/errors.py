@@ -1,0 +1,38 @@
+"""One error taxonomy for every layer.
+
+Backends translate their SDK's exceptions into these at the boundary. Every error carries a
+message that says what to change and a ``retryable`` flag the conductor uses to decide between
+a retry and a spoken apology.
+"""
+
+from __future__ import annotations
+
+
+class AvatarError(Exception):
+    """Base of all project errors."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ConfigError(AvatarError):
+    """Configuration is malformed: names the file, the key and what is allowed."""
+
+
+class InputError(AvatarError):
+    """User input (audio, text) was rejected; the session goes on."""
+
+
+class BackendError(AvatarError):
+    """A model backend failed while serving a request."""
+
+    retryable = True
+
+
+class BackendUnavailable(AvatarError):
+    """A backend cannot be constructed here (missing extra, missing model file, no GPU)."""
