@@ -1,0 +1,167 @@
+"""``avatarctl chat`` and ``avatarctl say``: the conversation core in a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from cluster.cli.common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    friendly_errors,
+    load,
+    print_json,
+    with_status,
+)
+from deployments.timing import MARKS
+from models.errors import InputError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chat")(chat)
+    app.command("say")(say)
+
+
+def chat(
+    config: str = ConfigOption,
+    persona: str | None = typer.Option(None, help="Persona in configs/personas/ (default: the "
+                                       "profile's)."),
+    timings: bool = typer.Option(True, help="Show the latency marks of every turn."),
+    save_audio: Path | None = typer.Option(None, help="Write each reply as a WAV in this folder."),
+) -> None:
+    """Talk to the avatar by typing. Replies stream as they are generated; each turn shows
+    when the first audio was ready. Type /quit (or Ctrl-D) to leave."""
+    from deployments.services import build_services
+
+    cfg = load(config)
+    with friendly_errors():
+        services = with_status("loading models", lambda p: build_services(cfg, persona, progress=p))
+    asyncio.run(_chat_loop(services, timings, save_audio))
+
+
+async def _chat_loop(services, show_timings: bool, save_audio: Path | None) -> None:
+    from deployments.session import open_conductor
+
+    conductor = await open_conductor(services, with_asr=False)
+    console.print(f"[bold]{services.persona.display_name}[/]: {services.persona.greeting}")
+    if save_audio:
+        save_audio.mkdir(parents=True, exist_ok=True)
+    try:
+        while True:
+            try:
+                text = await asyncio.to_thread(console.input, "[bold cyan]you[/]: ")
+            except (EOFError, KeyboardInterrupt):
+                break
+            if text.strip() in ("/quit", "/exit"):
+                break
+            try:
+                await conductor.send_text(text)
+            except InputError as exc:
+                console.print(f"[red]{exc.message}[/]")
+                continue
+            end, audio = await _print_reply(conductor, services.persona.display_name)
+            if save_audio and audio:
+                _write_wav(save_audio / f"turn-{end.turn_id:03d}.wav", audio)
+            if show_timings:
+                _print_marks(end.marks)
+    finally:
+        await conductor.aclose()
+        await services.aclose()
+
+
+async def _print_reply(conductor, name: str):
+    from models.frames import SpeechAudio, TextDelta, TurnEnd
+
+    console.print(f"[bold]{name}[/]: ", end="")
+    audio: list[SpeechAudio] = []
+    streamed = False
+    async for event in conductor.events():
+        if isinstance(event, TextDelta):
+            console.print(event.text, end="", highlight=False)
+            streamed = True
+        elif isinstance(event, SpeechAudio):
+            audio.append(event)
+        elif isinstance(event, TurnEnd):
+            # refusals and apologies are spoken without a streamed text
+            console.print("" if streamed else event.text, highlight=False)
+            return event, audio
+    raise RuntimeError("conversation ended")
+
+
+def _print_marks(marks: dict[str, float]) -> None:
+    start = marks.get("asr_final", 0.0)
+    parts = [f"{name} +{marks[name] - start:.0f}" for name in MARKS if name in marks
+             and marks[name] >= start]
+    console.print(f"[dim]  ms: {', '.join(parts)}[/]", highlight=False)
+
+
+def _write_wav(path: Path, audio) -> None:
+    rate = audio[0].sample_rate_hz
+    pcm = np.concatenate([a.pcm for a in audio]).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def say(
+    text: str = typer.Argument(..., help="What the avatar should say."),
+    out: Path = typer.Option(Path("reply.wav"), "--out", "-o", help="WAV file to write; the "
+                             "phoneme timings go beside it as NAME.phonemes.json."),
+    config: str = ConfigOption,
+    tts: str | None = typer.Option(None, help="TTS backend (espeak, piper, nemo); default: the "
+                                   "profile's."),
+    voice: str | None = typer.Option(None, help="Backend voice name."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Synthesise TEXT with the avatar's voice: audio plus phoneme timings (IPA, ms)."""
+    from models.tts import create_tts
+
+    cfg = load(config)
+    tts_cfg = cfg.models.tts
+    updates = {k: v for k, v in {"backend": tts, "voice": voice}.items() if v is not None}
+    with friendly_errors():
+        if updates:
+            tts_cfg = tts_cfg.model_validate({**tts_cfg.model_dump(), **updates})
+        engine = create_tts(tts_cfg)
+        t0 = time.perf_counter()
+        first_ms = None
+        chunks = []
+        for chunk in engine.synthesize(text):
+            first_ms = first_ms if first_ms is not None else (time.perf_counter() - t0) * 1e3
+            chunks.append(chunk)
+        total_ms = (time.perf_counter() - t0) * 1e3
+    if not chunks:
+        raise typer.Exit(1)
+    rate = chunks[0].sample_rate_hz
+    pcm = np.concatenate([c.pcm for c in chunks]).astype(np.int16)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    phonemes = [{"phoneme": p.phoneme, "start_ms": round(p.start_ms, 2),
+                 "duration_ms": round(p.duration_ms, 2)} for c in chunks for p in c.phonemes]
+    side = out.with_suffix(".phonemes.json")
+    side.write_text(json.dumps({"text": text, "sample_rate_hz": rate, "phonemes": phonemes},
+                               indent=1))
+    summary = {"wav": str(out), "phonemes_json": str(side), "backend": engine.name,
+               "audio_ms": round(1000 * len(pcm) / rate, 1), "phonemes": len(phonemes),
+               "first_audio_ms": round(first_ms or 0.0, 1), "synth_ms": round(total_ms, 1)}
+    if json_out:
+        print_json(summary)
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    console.print(table)
