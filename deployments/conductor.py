@@ -232,8 +232,11 @@ class Conductor:
                                               name=f"turn-{timings.turn_id}")
 
     async def _barge_in(self, pts_ms: float) -> None:
+        """Stop the avatar: the turn still being generated, or audio still playing out."""
         task = self._turn_task
-        if task is None or task.done():
+        generating = task is not None and not task.done()
+        playing = self._audio_end_ms > self.clock.now_ms()
+        if not (generating or playing):
             return
         self.out.put(Interrupt(self.clock.now_ms(), self._turn_id))
         await self._cancel_turn()

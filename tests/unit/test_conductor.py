@@ -260,3 +260,20 @@ async def test_history_is_kept_per_session_and_bounded() -> None:
     assert last_request.messages[-1].content == "question 11"
     other = make(llm=FakeLLM("Sure."))
     assert other.history == []
+
+
+async def test_speech_while_reply_audio_still_plays_out_interrupts_it() -> None:
+    """Synthesis finishes long before playback: talking over the avatar must still stop it."""
+    asr = ScriptedASRSession()
+    c = make(asr=asr)
+    await c.start()
+    await c.send_text("When do you open?")
+    events = await collect_turn(c)
+    audio_end = max(a.pts_ms + a.duration_ms for a in events if isinstance(a, SpeechAudio))
+    assert audio_end > c.clock.now_ms(), "the reply is still playing out"
+    asr.emit(SpeechStarted(c.clock.now_ms()))
+    ev = await asyncio.wait_for(c.out.get(), 2)
+    while not isinstance(ev, Interrupt):
+        ev = await asyncio.wait_for(c.out.get(), 2)
+    assert ev.turn_id == events[-1].turn_id
+    await c.aclose()

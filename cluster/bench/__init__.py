@@ -1,0 +1,1 @@
+"""Benchmarks: programs that print JSON (``make bench``), never timed tests."""
