@@ -1,0 +1,40 @@
+# avatar-cluster: `make run` and `make test` set everything up from nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_AUTH_MODE := disabled
+
+.PHONY: install run test test-unit test-all bench lint fmt clean help
+
+help:  ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## Create .venv and install everything (apt + pip), idempotently
+
+$(STAMP): pyproject.toml scripts/install.sh
+	PYTHON=$(PYTHON) bash scripts/install.sh
+	touch $(STAMP)
+
+run: install  ## Start the avatar (typed console for now)
+	$(BIN)/avatarctl chat --config local
+
+test: install  ## Run unit + integration tests (no GPU tests)
+	$(BIN)/pytest -m "not gpu and not browser" -q
+
+test-all: install  ## Every test category that this machine can run
+	$(BIN)/pytest -q
+
+bench: install  ## Benchmarks; JSON results in out/bench/
+	mkdir -p out/bench
+	$(BIN)/avatarctl bench pipeline --json --out out/bench/pipeline.json
+
+lint: install  ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+clean:  ## Remove the virtualenv and local data
+	rm -rf $(VENV) .data out

