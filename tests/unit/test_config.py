@@ -69,7 +69,7 @@ def test_malformed_yaml_and_non_mapping(tmp_path: Path) -> None:
 
 
 def test_unknown_profile_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match="known profiles: .*local"):
+    with pytest.raises(ConfigError, match=r"known profiles: .*local"):
         load_config("nope", env={})
 
 
@@ -93,7 +93,7 @@ def test_environment_overrides_single_keys() -> None:
 
 
 def test_bad_environment_override_names_the_environment() -> None:
-    with pytest.raises(ConfigError, match="AVATAR_\\* environment.*models.tts.backend"):
+    with pytest.raises(ConfigError, match=r"AVATAR_\* environment.*models.tts.backend"):
         load_config("local", env={"AVATAR_MODELS__TTS__BACKEND": "festival"})
 
 
@@ -113,5 +113,5 @@ def test_default_persona_has_voice_avatar_guardrails_and_knowledge() -> None:
 
 
 def test_unknown_persona_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match="known personas: .*maple-clinic"):
+    with pytest.raises(ConfigError, match=r"known personas: .*maple-clinic"):
         load_persona("nobody")
