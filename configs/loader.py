@@ -37,7 +37,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys, not {type(data).__name__}"
+        )
     return data
 
 
@@ -64,7 +66,9 @@ def profile_path(name: str) -> Path:
     return path
 
 
-def _load_profile_data(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
+def _load_profile_data(
+    path: Path, seen: tuple[Path, ...] = ()
+) -> tuple[dict[str, Any], list[Path]]:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle through {[str(p) for p in seen]}")
     data = _read_yaml(path)
@@ -73,7 +77,9 @@ def _load_profile_data(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[st
     if parent is not None:
         if not isinstance(parent, str):
             raise ConfigError(f"{path}: key 'extends' must be a profile name, got {parent!r}")
-        parent_data, parent_files = _load_profile_data(profile_path(parent), (*seen, path.resolve()))
+        parent_data, parent_files = _load_profile_data(
+            profile_path(parent), (*seen, path.resolve())
+        )
         data = _merge(parent_data, data)
         files = parent_files + files
     return data, files
@@ -83,7 +89,7 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """``AVATAR_MODELS__LLM__BACKEND=openai`` -> ``{"models": {"llm": {"backend": "openai"}}}``."""
     out: dict[str, Any] = {}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name and name.count("_") < 1:
+        if not name.startswith(ENV_PREFIX):
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
         if not keys:

@@ -228,7 +228,9 @@ class AppConfig(Strict):
     models: ModelsConfig = ModelsConfig()
     conversation: ConversationConfig = ConversationConfig()
     persona: str = Field("maple-clinic", description="Default persona for new sessions.")
-    personas: tuple[str, ...] = Field(("maple-clinic",), description="Personas in configs/personas/.")
+    personas: tuple[str, ...] = Field(
+        ("maple-clinic",), description="Personas in configs/personas/."
+    )
     knowledge_bases: tuple[KnowledgeBaseConfig, ...] = ()
     regions: tuple[RegionConfig, ...] = ()
     pricing: PricingConfig = PricingConfig()

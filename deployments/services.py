@@ -14,7 +14,6 @@ from models.errors import ConfigError
 if TYPE_CHECKING:
     from models.asr.stream import StreamingASR
     from models.guardrails.rails import Rails
-
     from models.knowledge.base import Embedder, KnowledgeStore
     from models.llm.base import LLM
     from models.tts.base import TTS
@@ -64,12 +63,11 @@ def build_services(
 ) -> ConversationServices:
     """Load every model the conversation core needs (seconds), ingest the persona's knowledge
     base when the store has none of it, and warm the models up."""
+    from models.asr import create_transcriber, create_vad
     from models.asr.stream import StreamingASR
     from models.guardrails.rails import Rails
-    from models.knowledge.ingest import ensure_ingested
-
-    from models.asr import create_transcriber, create_vad
     from models.knowledge import create_embedder, create_store
+    from models.knowledge.ingest import ensure_ingested
     from models.llm import create_llm
     from models.tts import create_tts
 
