@@ -108,6 +108,12 @@ class ConversationConfig(Strict):
     )
     clause_max_chars: int = Field(160, ge=20, description="Force a cut in long clauses.")
     history_turns: int = Field(8, ge=0, description="Previous turns kept in the prompt.")
+    continuation_window_ms: int = Field(
+        1200, ge=0, description="A user who speaks again within this time after their speech "
+        "ended is continuing the same turn (a mid-sentence pause), as long as the avatar has "
+        "not yet said more than continuation_max_spoken_ms: the two transcripts are joined.",
+    )
+    continuation_max_spoken_ms: int = Field(300, ge=0)
     max_text_chars: int = Field(2000, ge=1, description="Longer typed input is rejected.")
     max_audio_chunk_ms: int = Field(1000, ge=10, description="Longer input chunks are rejected.")
     input_sample_rates_hz: tuple[int, ...] = (8000, 16000, 24000, 32000, 44100, 48000)

@@ -120,6 +120,9 @@ class Conductor:
         self._audio_end_ms = 0.0
         self._pending_speech: TurnTimings | None = None
         self._blocked_reply: str | None = None
+        self._carry_text: str | None = None
+        self._voice_turn: tuple[str, TurnTimings] | None = None
+        self._merged_turns: set[int] = set()
         self._closed = False
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -191,31 +194,62 @@ class Conductor:
 
     async def _consume_asr(self) -> None:
         assert self.asr is not None
-        async for event in self.asr.events():
-            if isinstance(event, SpeechStarted):
-                await self._barge_in(event.pts_ms)
-                self._pending_speech = self._new_turn("voice")
-                self._pending_speech.mark("speech_start", event.pts_ms)
-                self._set_state("listening")
-            elif isinstance(event, SpeechEnded):
-                timings = self._pending_speech or self._new_turn("voice")
-                timings.mark("speech_end", event.pts_ms)
-                timings.mark("endpoint", self.clock.now_ms())
-                self._pending_speech = timings
-            elif isinstance(event, Transcript) and event.is_final:
-                timings, self._pending_speech = self._pending_speech, None
-                self.out.put(event)
-                if not event.text.strip():
-                    if timings is not None:
-                        self.timings.remove(timings)
-                    continue
-                timings = timings or self._new_turn("voice")
-                if event.speech_end_ms is not None:
-                    timings.mark("speech_end", event.speech_end_ms)
-                timings.mark("asr_final", self.clock.now_ms())
-                self._start_turn(event.text, timings)
-            else:
-                self.out.put(event)
+        while True:
+            try:
+                async for event in self.asr.events():
+                    await self._on_asr_event(event)
+                return
+            except AvatarError as exc:  # a failed transcription loses one utterance, no more
+                self.out.put(ErrorEvent(exc.message, self.clock.now_ms()))
+
+    async def _on_asr_event(self, event: SpeechStarted | SpeechEnded | Transcript) -> None:
+        if isinstance(event, SpeechStarted):
+            self._carry_text = self._continued_turn_text(event.pts_ms)
+            await self._barge_in(event.pts_ms)
+            self._pending_speech = self._new_turn("voice")
+            self._pending_speech.mark("speech_start", event.pts_ms)
+            self._set_state("listening")
+        elif isinstance(event, SpeechEnded):
+            timings = self._pending_speech or self._new_turn("voice")
+            timings.mark("speech_end", event.pts_ms)
+            timings.mark("endpoint", self.clock.now_ms())
+            self._pending_speech = timings
+        elif isinstance(event, Transcript) and event.is_final:
+            timings, self._pending_speech = self._pending_speech, None
+            self.out.put(event)
+            carry, self._carry_text = self._carry_text, None
+            text = " ".join(t for t in (carry, event.text.strip()) if t)
+            if not text:
+                if timings is not None:
+                    self.timings.remove(timings)
+                return
+            timings = timings or self._new_turn("voice")
+            if event.speech_end_ms is not None:
+                timings.mark("speech_end", event.speech_end_ms)
+            timings.mark("asr_final", self.clock.now_ms())
+            self._start_turn(text, timings)
+        else:
+            self.out.put(event)
+
+    def _continued_turn_text(self, speech_start_ms: float) -> str | None:
+        """The user paused mid-sentence ("Hi, <pause> what time do you open?"): the endpoint
+        fired and a reply began, but they go on talking before the avatar said much. Their
+        words so far are carried into the next turn instead of being answered alone."""
+        turn = self._voice_turn
+        if turn is None or self._turn_task is None:
+            return None
+        text, timings = turn
+        speech_end = timings.marks.get("speech_end")
+        if speech_end is None:
+            return None
+        if speech_start_ms - speech_end > self.config.continuation_window_ms:
+            return None
+        first_audio = timings.marks.get("tts_first_audio")
+        if first_audio is not None and \
+                self.clock.now_ms() - first_audio > self.config.continuation_max_spoken_ms:
+            return None
+        self._merged_turns.add(timings.turn_id)
+        return text
 
     # --- turns ------------------------------------------------------------------------------
 
@@ -228,6 +262,7 @@ class Conductor:
     def _start_turn(self, text: str, timings: TurnTimings) -> None:
         if timings.source == "text":
             self.out.put(Transcript(text, True, self.clock.now_ms()))
+        self._voice_turn = (text, timings) if timings.source == "voice" else None
         self._turn_task = asyncio.create_task(self._run_turn(text, timings),
                                               name=f"turn-{timings.turn_id}")
 
@@ -279,9 +314,10 @@ class Conductor:
         finally:
             t.mark("turn_end", self.clock.now_ms())
             reply = " ".join(spoken)
-            self.history.append(ChatMessage("user", text))
-            if reply:
-                self.history.append(ChatMessage("assistant", reply))
+            if t.turn_id not in self._merged_turns:  # a continued turn is asked again, whole
+                self.history.append(ChatMessage("user", text))
+                if reply:
+                    self.history.append(ChatMessage("assistant", reply))
             keep = 2 * self.config.history_turns
             if len(self.history) > keep:
                 del self.history[: len(self.history) - keep]

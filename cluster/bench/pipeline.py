@@ -155,39 +155,51 @@ def _contains_all(reply: str, facts: tuple[str, ...]) -> bool:
     return all(f.lower() in low for f in facts)
 
 
-async def _play_and_answer(mic: Microphone, log: EventLog, utt: Utterance, cursor: int,
-                           timeout_s: float) -> dict[str, Any]:
-    """Play one question; return when its reply ended (or time ran out)."""
+def _speech_end_mark(conductor: Conductor, turn_id: int) -> float:
+    for t in reversed(conductor.timings):
+        if t.turn_id == turn_id:
+            return t.marks.get("speech_end", float("-inf"))
+    return float("-inf")
+
+
+async def _ask(conductor: Conductor, mic: Microphone, log: EventLog, utt: Utterance,
+               timeout_s: float) -> dict[str, Any]:
+    """Play one question and wait for the first reply audio of the turn that answers it:
+    the turn whose end of speech is this question's (a pause mid-question may have started
+    and abandoned an earlier turn)."""
+    cursor = len(log.items)
     start_pts = await mic.play(utt.pcm)
-    speech_end = start_pts + utt.voiced_end_ms
-    tr = await log.wait_for(lambda e: isinstance(e, Transcript) and e.is_final, cursor, timeout_s)
-    result: dict[str, Any] = {"text": utt.text, "speech_end": speech_end,
-                              "onset": start_pts + utt.voiced_start_ms}
-    if tr is None:
-        return {**result, "transcript": None, "cursor": len(log.items)}
-    result["transcript"] = tr[2].text
-    first = await log.wait_for(lambda e: isinstance(e, SpeechAudio), tr[0], timeout_s)
+    res: dict[str, Any] = {"text": utt.text, "onset": start_pts + utt.voiced_start_ms,
+                           "speech_end": start_pts + utt.voiced_end_ms, "cursor": cursor}
+    first = await log.wait_for(
+        lambda e: isinstance(e, SpeechAudio)
+        and _speech_end_mark(conductor, e.turn_id) >= res["speech_end"] - 150.0,
+        cursor, timeout_s + utt.voiced_end_ms / 1000.0)
     if first is not None:
-        result["first_audio_at"] = first[1]
-        result["turn_id"] = first[2].turn_id
-    result["cursor"] = tr[0] + 1
-    return result
+        res["first_audio_at"], res["turn_id"] = first[1], first[2].turn_id
+    return res
 
 
-async def _finish(log: EventLog, result: dict[str, Any], timeout_s: float, clock: MediaClock
+async def _finish(log: EventLog, res: dict[str, Any], timeout_s: float, clock: MediaClock
                   ) -> dict[str, Any]:
-    turn_id = result.get("turn_id")
-    end = await log.wait_for(lambda e: isinstance(e, TurnEnd) and
-                             (turn_id is None or e.turn_id == turn_id), result["cursor"], timeout_s)
+    """Wait for the turn's end, note what was heard, and let its audio play out."""
+    turn_id = res.get("turn_id")
+    end = None
+    if turn_id is not None:
+        end = await log.wait_for(lambda e: isinstance(e, TurnEnd) and e.turn_id == turn_id,
+                                 res["cursor"], timeout_s)
+    upto = end[0] if end else len(log.items)
+    res["transcript"] = " ".join(e.text for _, e in log.items[res["cursor"]:upto]
+                                 if isinstance(e, Transcript) and e.is_final and e.text)
     if end is None:
-        return result
-    result.update(end=end[2], cursor=end[0] + 1)
-    audio = [e for _, e in log.items if isinstance(e, SpeechAudio) and e.turn_id == end[2].turn_id]
+        return res
+    res["end"] = end[2]
+    audio = [e for _, e in log.items if isinstance(e, SpeechAudio) and e.turn_id == turn_id]
     if audio:  # the user waits until the avatar has finished talking
         playout_end = max(a.pts_ms + a.duration_ms for a in audio)
         await asyncio.sleep(max(0.0, (playout_end - clock.now_ms()) / 1000.0))
     await asyncio.sleep(0.4)
-    return result
+    return res
 
 
 async def run_script(conductor: Conductor, clock: MediaClock, script: list[ScriptedTurn],
@@ -197,29 +209,28 @@ async def run_script(conductor: Conductor, clock: MediaClock, script: list[Scrip
     log = EventLog(conductor, clock)
     mic.start()
     results: list[dict[str, Any]] = []
-    cursor = 0
     try:
         await asyncio.sleep(0.5)
         for i, turn in enumerate(script):
-            res = await _play_and_answer(mic, log, audio[turn.text], cursor, timeout_s)
+            res = await _ask(conductor, mic, log, audio[turn.text], timeout_s)
             res["turn"] = turn
-            if turn.interrupt_with is not None and "first_audio_at" in res:
-                await asyncio.sleep(0.4)  # the avatar talks for a moment, then the user cuts in
+            if turn.interrupt_with is not None and "turn_id" in res:
+                await asyncio.sleep(1.0)  # the avatar talks for a moment, then the user cuts in
                 nxt = turn.interrupt_with
-                second = await _play_and_answer(mic, log, audio[nxt.text], res["cursor"],
-                                                timeout_s)
-                intr = await log.wait_for(lambda e: isinstance(e, Interrupt), res["cursor"],
-                                          timeout_s)
+                cursor = len(log.items)
+                second = await _ask(conductor, mic, log, audio[nxt.text], timeout_s)
+                intr = await log.wait_for(
+                    lambda e, tid=res["turn_id"]: isinstance(e, Interrupt) and e.turn_id == tid,
+                    cursor, timeout_s)
                 if intr is not None:
                     res["barge_in_stop_ms"] = intr[1] - second["onset"]
+                res["transcript"] = " ".join(
+                    e.text for _, e in log.items[res["cursor"]:cursor]
+                    if isinstance(e, Transcript) and e.is_final and e.text)
                 second["turn"] = ScriptedTurn("answerable", nxt.text, nxt.expect)
-                second = await _finish(log, second, timeout_s, clock)
-                results.extend([res, second])
-                cursor = second["cursor"]
+                results.extend([res, await _finish(log, second, timeout_s, clock)])
             else:
-                res = await _finish(log, res, timeout_s, clock)
-                results.append(res)
-                cursor = res["cursor"]
+                results.append(await _finish(log, res, timeout_s, clock))
             progress(i + 1)
     finally:
         await mic.stop()
@@ -229,7 +240,7 @@ async def run_script(conductor: Conductor, clock: MediaClock, script: list[Scrip
 
 def score(results: list[dict[str, Any]], conductor: Conductor, fallback: str) -> dict[str, Any]:
     """The benchmark's figures from the played turns and the session's timing marks."""
-    from models.asr.metrics import wer
+    from models.asr.metrics import corpus_wer
 
     marks = {t.turn_id: t.marks for t in conductor.timings}
     v2a, endpoint, asr, llm, tts, retrieval, stops = [], [], [], [], [], [], []
@@ -273,7 +284,7 @@ def score(results: list[dict[str, Any]], conductor: Conductor, fallback: str) ->
         "llm_first_token_ms": summarize(llm),
         "tts_first_audio_ms": summarize(tts),
         "barge_in_stop_ms": summarize(stops),
-        "asr_wer": round(wer(refs, hyps), 4),
+        "asr_wer": round(corpus_wer(refs, hyps), 4),
         "answer_grounded_rate": round(grounded / max(1, answerable), 4),
         "guardrail_block_rate": round(blocked / max(1, adversarial), 4),
         "false_refusal_rate": round(false_ref / max(1, answerable), 4),

@@ -23,7 +23,14 @@ app = typer.Typer(
 )
 
 
+_registered = False
+
+
 def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    _registered = True
     from cluster.cli import bench, chat, kb
 
     app.add_typer(kb.app, name="kb")

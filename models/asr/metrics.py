@@ -34,3 +34,15 @@ def wer(ref: str, hyp: str) -> float:
     if not ref_words:
         return 0.0 if not hyp_words else 1.0
     return word_edit_distance(ref_words, hyp_words) / len(ref_words)
+
+
+def corpus_wer(refs: list[str], hyps: list[str]) -> float:
+    """Word error rate over many utterances: total edits over total reference words."""
+    if len(refs) != len(hyps):
+        raise ValueError("refs and hyps must pair up")
+    edits = words = 0
+    for ref, hyp in zip(refs, hyps, strict=True):
+        ref_words = normalize_words(ref)
+        edits += word_edit_distance(ref_words, normalize_words(hyp))
+        words += len(ref_words)
+    return edits / words if words else 0.0

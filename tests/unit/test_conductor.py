@@ -277,3 +277,38 @@ async def test_speech_while_reply_audio_still_plays_out_interrupts_it() -> None:
         ev = await asyncio.wait_for(c.out.get(), 2)
     assert ev.turn_id == events[-1].turn_id
     await c.aclose()
+
+
+async def _voice_turn(asr: ScriptedASRSession, c: Conductor, text: str, pause_s: float) -> None:
+    now = c.clock.now_ms()
+    asr.emit(SpeechStarted(now))
+    asr.emit(SpeechEnded(now + 1.0))
+    asr.emit(Transcript(text, True, now + 2.0, speech_end_ms=now + 1.0))
+    await asyncio.sleep(pause_s)
+
+
+async def test_a_mid_sentence_pause_continues_the_same_turn() -> None:
+    asr = ScriptedASRSession()
+    llm = FakeLLM("Sure.", delay_s=0.05)
+    c = make(asr=asr, llm=llm)
+    await c.start()
+    await _voice_turn(asr, c, "Hi,", 0.05)  # the endpoint fired and a reply has begun...
+    await _voice_turn(asr, c, "what time do you open?", 0.0)  # ...but the user goes on
+    await c.wait_idle()
+    await asyncio.sleep(0.3)
+    assert [r.question for r in llm.requests] == ["Hi,", "Hi, what time do you open?"]
+    assert [m.content for m in c.history if m.role == "user"] == ["Hi, what time do you open?"]
+    await c.aclose()
+
+
+async def test_talking_over_a_reply_in_progress_is_a_new_question() -> None:
+    asr = ScriptedASRSession()
+    llm = FakeLLM("Parking is free, " + " ".join(["word"] * 60) + ".", delay_s=0.01)
+    c = make(asr=asr, llm=llm, tts=FakeTTS(chunk_delay_s=0.005))
+    await c.start()
+    await _voice_turn(asr, c, "Tell me about parking.", 0.6)  # the avatar talks a while
+    await _voice_turn(asr, c, "Do you take Medicare?", 0.0)
+    await asyncio.sleep(0.1)
+    await c.wait_idle()
+    assert [r.question for r in llm.requests] == ["Tell me about parking.", "Do you take Medicare?"]
+    await c.aclose()
