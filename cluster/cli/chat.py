@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from cluster.cli.common import (
@@ -21,8 +22,10 @@ from cluster.cli.common import (
     print_json,
     with_status,
 )
+from configs.loader import format_validation_error
+from configs.schema import TTSConfig
 from deployments.timing import MARKS
-from models.errors import InputError
+from models.errors import ConfigError, InputError
 
 
 def register(app: typer.Typer) -> None:
@@ -131,7 +134,12 @@ def say(
     updates = {k: v for k, v in {"backend": tts, "voice": voice}.items() if v is not None}
     with friendly_errors():
         if updates:
-            tts_cfg = tts_cfg.model_validate({**tts_cfg.model_dump(), **updates})
+            try:
+                tts_cfg = tts_cfg.model_validate({**tts_cfg.model_dump(), **updates})
+            except ValidationError as exc:
+                raise ConfigError(format_validation_error(
+                    exc, TTSConfig, "command line (--tts/--voice)").replace(
+                    ": backend:", ": --tts:")) from None
         engine = create_tts(tts_cfg)
         t0 = time.perf_counter()
         first_ms = None
