@@ -39,6 +39,9 @@ def chat(
                                        "profile's)."),
     timings: bool = typer.Option(True, help="Show the latency marks of every turn."),
     save_audio: Path | None = typer.Option(None, help="Write each reply as a WAV in this folder."),
+    export_timings: Path | None = typer.Option(
+        None, help="Append each turn's timing marks (ms on the session clock) to this JSON-lines "
+        "file."),
 ) -> None:
     """Talk to the avatar by typing. Replies stream as they are generated; each turn shows
     when the first audio was ready. Type /quit (or Ctrl-D) to leave."""
@@ -47,10 +50,11 @@ def chat(
     cfg = load(config)
     with friendly_errors():
         services = with_status("loading models", lambda p: build_services(cfg, persona, progress=p))
-    asyncio.run(_chat_loop(services, timings, save_audio))
+    asyncio.run(_chat_loop(services, timings, save_audio, export_timings))
 
 
-async def _chat_loop(services, show_timings: bool, save_audio: Path | None) -> None:
+async def _chat_loop(services, show_timings: bool, save_audio: Path | None,
+                     export_timings: Path | None) -> None:
     from deployments.session import open_conductor
 
     conductor = await open_conductor(services, with_asr=False)
@@ -75,6 +79,10 @@ async def _chat_loop(services, show_timings: bool, save_audio: Path | None) -> N
                 _write_wav(save_audio / f"turn-{end.turn_id:03d}.wav", audio)
             if show_timings:
                 _print_marks(end.marks)
+            if export_timings:
+                with export_timings.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"turn_id": end.turn_id, "source": "text",
+                                        "refused": end.refused, "marks_ms": end.marks}) + "\n")
     finally:
         await conductor.aclose()
         await services.aclose()
