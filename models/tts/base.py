@@ -10,7 +10,9 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 
-from models.frames import TTSChunk
+import numpy as np
+
+from models.frames import PhonemeTiming, TTSChunk
 from models.streaming import iterate_in_thread
 
 
@@ -38,3 +40,34 @@ class TTS(ABC):
     def warmup(self) -> None:
         for _ in self.synthesize("Hello."):
             pass
+
+
+class SentenceTTS(TTS):
+    """A backend that synthesises whole sentences: the base streams them, each cut into
+    ``chunk_ms`` chunks as soon as it exists, and stops between sentences and chunks."""
+
+    chunk_ms: int = 200
+
+    @abstractmethod
+    def _sentence(
+        self, sentence: str, offset_samples: int
+    ) -> tuple[np.ndarray, list[PhonemeTiming]]:
+        """One sentence's int16 audio and its phoneme timings, placed after
+        ``offset_samples`` on the text's timeline."""
+
+    def synthesize(self, text: str, stop: threading.Event | None = None) -> Iterator[TTSChunk]:
+        from models.tts.phonemes import chunk_audio, normalize_text, samples_to_ms, split_sentences
+
+        text = normalize_text(text)
+        rate = self.sample_rate_hz
+        offset_samples = 0
+        for sentence in split_sentences(text):
+            if stop is not None and stop.is_set():
+                return
+            pcm, timings = self._sentence(sentence, offset_samples)
+            offset_ms = samples_to_ms(offset_samples, rate)
+            for chunk in chunk_audio(pcm, rate, offset_ms, timings, self.chunk_ms):
+                if stop is not None and stop.is_set():
+                    return
+                yield chunk
+            offset_samples += len(pcm)

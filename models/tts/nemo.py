@@ -8,23 +8,18 @@ module imports on machines without them.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from configs.schema import TTSConfig
 from models.errors import BackendError, BackendUnavailable
-from models.frames import PhonemeTiming, TTSChunk
-from models.tts.base import TTS
+from models.frames import PhonemeTiming
+from models.tts.base import SentenceTTS
 from models.tts.phonemes import (
-    chunk_audio,
     float_to_int16,
     merge_pauses,
-    normalize_text,
     samples_to_ms,
-    split_sentences,
     token_to_ipa,
 )
 
@@ -58,7 +53,7 @@ def durations_to_timings(
     return merge_pauses(timings)
 
 
-class NemoTTS(TTS):
+class NemoTTS(SentenceTTS):
     """FastPitch + HiFi-GAN. ``config.device`` cuda/auto needs a GPU; cpu runs (slowly) on CPU."""
 
     name = "nemo"
@@ -67,6 +62,7 @@ class NemoTTS(TTS):
     def __init__(self, config: TTSConfig) -> None:
         super().__init__()
         self.config = config
+        self.chunk_ms = config.chunk_ms
         try:
             import torch
         except ImportError as exc:
@@ -107,22 +103,6 @@ class NemoTTS(TTS):
                 "models.tts.voice as FASTPITCH.nemo+HIFIGAN.nemo"
             ) from exc
         return model.eval().to(self._device)
-
-    def synthesize(self, text: str, stop: threading.Event | None = None) -> Iterator[TTSChunk]:
-        """Stream ``text`` sentence by sentence with phoneme timings from FastPitch durations."""
-        text = normalize_text(text)
-        rate = self.sample_rate_hz
-        offset_samples = 0
-        for sentence in split_sentences(text):
-            if stop is not None and stop.is_set():
-                return
-            pcm, timings = self._sentence(sentence, offset_samples)
-            offset_ms = samples_to_ms(offset_samples, rate)
-            for chunk in chunk_audio(pcm, rate, offset_ms, timings, self.config.chunk_ms):
-                if stop is not None and stop.is_set():
-                    return
-                yield chunk
-            offset_samples += len(pcm)
 
     def _sentence(
         self, sentence: str, offset_samples: int

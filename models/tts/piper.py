@@ -7,25 +7,21 @@ audio is yielded (in chunks of at most ``chunk_ms``) as soon as it exists.
 
 from __future__ import annotations
 
-import threading
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from configs.schema import TTSConfig
 from models.errors import BackendError, BackendUnavailable, ConfigError, InputError
-from models.frames import PhonemeTiming, TTSChunk
-from models.tts.base import TTS
+from models.frames import PhonemeTiming
+from models.tts.base import SentenceTTS
 from models.tts.phonemes import (
     SILENCE,
     STRESS_MARKS,
-    chunk_audio,
     merge_pauses,
-    normalize_text,
     samples_to_ms,
-    split_sentences,
 )
 
 _MODIFIERS = "ːˑ̩̯̃͡"  # length marks and combining diacritics: belong to the phoneme before
@@ -66,7 +62,7 @@ def alignments_to_timings(
     return merge_pauses(timings)
 
 
-class PiperTTS(TTS):
+class PiperTTS(SentenceTTS):
     """Piper voice (``config.voice`` = path to an ``.onnx`` voice; None = the joe voice)."""
 
     name = "piper"
@@ -75,6 +71,7 @@ class PiperTTS(TTS):
     def __init__(self, config: TTSConfig) -> None:
         super().__init__()
         self.config = config
+        self.chunk_ms = config.chunk_ms
         try:
             from piper import PiperVoice, SynthesisConfig
         except ImportError as exc:
@@ -109,22 +106,6 @@ class PiperTTS(TTS):
                 "file with its .onnx.json next to it, or leave it empty for the joe voice"
             )
         return model, model_config
-
-    def synthesize(self, text: str, stop: threading.Event | None = None) -> Iterator[TTSChunk]:
-        """Stream ``text`` sentence by sentence with IPA phoneme timings."""
-        text = normalize_text(text)
-        rate = self.sample_rate_hz
-        offset_samples = 0
-        for sentence in split_sentences(text):
-            if stop is not None and stop.is_set():
-                return
-            pcm, timings = self._sentence(sentence, offset_samples)
-            offset_ms = samples_to_ms(offset_samples, rate)
-            for chunk in chunk_audio(pcm, rate, offset_ms, timings, self.config.chunk_ms):
-                if stop is not None and stop.is_set():
-                    return
-                yield chunk
-            offset_samples += len(pcm)
 
     def _sentence(
         self, sentence: str, offset_samples: int
