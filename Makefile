@@ -34,7 +34,6 @@ bench: install  ## Benchmarks; JSON results in out/bench/
 
 lint: install  ## ruff
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
 
 clean:  ## Remove the virtualenv and local data
 	rm -rf $(VENV) .data out

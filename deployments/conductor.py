@@ -40,7 +40,10 @@ from models.frames import (
     Transcript,
     TurnEnd,
 )
-from models.llm.base import ChatMessage, LLMRequest
+from models.guardrails.base import Guardrails
+from models.knowledge.base import KnowledgeStore
+from models.llm.base import LLM, ChatMessage, LLMRequest
+from models.tts.base import TTS
 
 OutputEvent = (
     SpeechAudio | TextDelta | Transcript | StateChange | Interrupt | TurnEnd | ErrorEvent | Clause
@@ -89,10 +92,10 @@ class Conductor:
         self,
         *,
         asr: ASRSession | None,
-        llm,  # models.llm.base.LLM
-        tts,  # models.tts.base.TTS
-        store,  # models.knowledge.base.KnowledgeStore
-        rails,  # models.guardrails.rails.Rails
+        llm: LLM,
+        tts: TTS,
+        store: KnowledgeStore,
+        rails: Guardrails,
         persona: PersonaConfig,
         knowledge_base: KnowledgeBaseConfig,
         config: ConversationConfig,

@@ -6,6 +6,7 @@ A blocked turn gets a short persona-appropriate refusal (``Verdict.reply``), nev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,3 +18,11 @@ class Verdict:
     """Which rule fired, e.g. ``topic:medical-advice``, ``injection``, ``system-prompt-leak``."""
     reply: str | None = None
     """What the avatar says instead, when blocked."""
+
+
+class Guardrails(Protocol):
+    """What the conductor needs of a rule set (:class:`models.guardrails.rails.Rails`)."""
+
+    def check_input(self, text: str) -> Verdict: ...
+
+    def check_output(self, text: str, user_text: str = "") -> Verdict: ...
