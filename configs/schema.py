@@ -21,12 +21,15 @@ class VADConfig(Strict):
         "pocketsphinx (its Vad), or energy (a plain RMS threshold)."
     )
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="Speech probability threshold.")
-    min_speech_ms: int = Field(90, ge=0, description="Voiced time before SpeechStarted fires.")
+    min_speech_ms: int = Field(
+        64, ge=0, description="Voiced time before SpeechStarted fires (and barge-in stops the "
+        "avatar): two 32 ms Silero frames."
+    )
     endpoint_silence_ms: int = Field(
         240, ge=50, description="Silence after speech that ends the user's turn."
     )
     speculative_after_ms: int = Field(
-        90, ge=0, description="Silence after which transcription starts early, before the "
+        32, ge=0, description="Silence after which transcription starts early, before the "
         "endpoint is sure (cancelled if the user goes on)."
     )
     max_utterance_s: float = Field(30.0, gt=0, description="Longest utterance transcribed.")

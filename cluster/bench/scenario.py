@@ -68,10 +68,10 @@ def load_eval(persona: str) -> tuple[list[ScriptedTurn], list[ScriptedTurn]]:
 
 
 def build_script(persona: str, turns: int = 24) -> list[ScriptedTurn]:
-    """About 60% answerable, 20% adversarial (spread over categories), 2 off-topic and
-    3 barge-ins (a long answer interrupted by the next question)."""
+    """About half answerable, a fifth adversarial (spread over categories), 2 off-topic and
+    a quarter barge-ins (an answer interrupted by the next question, which is answered too)."""
     answerable, adversarial = load_eval(persona)
-    n_barge = 3
+    n_barge = max(3, turns // 4)
     n_off = 2
     n_adv = max(4, turns // 5)
     n_ans = max(1, turns - n_adv - n_off - n_barge)

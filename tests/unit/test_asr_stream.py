@@ -194,7 +194,7 @@ async def test_stale_speculation_queued_behind_the_lock_is_skipped() -> None:
 
 
 async def test_short_blips_and_long_silence_produce_nothing() -> None:
-    h = Harness()
+    h = Harness(cfg=config(min_speech_ms=96))  # a blip may touch two frames: need three
     blips = np.concatenate([quiet(500), voiced(40), quiet(300), voiced(30), quiet(3000)])
     await h.feed(blips)
     await h.settle(0)
