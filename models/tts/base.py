@@ -9,11 +9,15 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models.frames import PhonemeTiming, TTSChunk
 from models.streaming import iterate_in_thread
+
+if TYPE_CHECKING:
+    from configs.schema import TTSConfig
 
 
 class TTS(ABC):
@@ -46,7 +50,10 @@ class SentenceTTS(TTS):
     """A backend that synthesises whole sentences: the base streams them, each cut into
     ``chunk_ms`` chunks as soon as it exists, and stops between sentences and chunks."""
 
-    chunk_ms: int = 200
+    def __init__(self, config: TTSConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.chunk_ms = config.chunk_ms
 
     @abstractmethod
     def _sentence(

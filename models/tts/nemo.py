@@ -60,9 +60,7 @@ class NemoTTS(SentenceTTS):
     reentrant = False
 
     def __init__(self, config: TTSConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.chunk_ms = config.chunk_ms
+        super().__init__(config)
         try:
             import torch
         except ImportError as exc:

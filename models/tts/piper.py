@@ -69,9 +69,7 @@ class PiperTTS(SentenceTTS):
     reentrant = False
 
     def __init__(self, config: TTSConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.chunk_ms = config.chunk_ms
+        super().__init__(config)
         try:
             from piper import PiperVoice, SynthesisConfig
         except ImportError as exc:
