@@ -25,8 +25,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# torch first and pinned, so nothing later pulls a CUDA build
-.venv/bin/pip install -q "torch==2.13.0"
+# torch first and pinned, so nothing later pulls a CUDA build. Elsewhere, set
+# TORCH_INDEX_URL to PyTorch's CPU wheel index to avoid the multi-GB CUDA build.
+.venv/bin/pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 .venv/bin/pip install -q -e ".[dev]"
 .venv/bin/python - <<'PY'
 import importlib
