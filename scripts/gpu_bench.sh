@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One short run on a GPU machine: the GPU tests and the render benchmark, results in $OUT.
+#
+# The machine has python3 with CUDA PyTorch but no network: the few wheels the project needs
+# beyond its image travel in .whl/ (fetch them here with `pip download --python-version 3.12
+# --only-binary=:all: -d .whl av pydantic pydantic-core annotated-types typing-inspection`).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+python3 -m venv --system-site-packages /tmp/gpuenv
+if compgen -G ".whl/*.whl" >/dev/null; then
+  /tmp/gpuenv/bin/pip install -q --no-index --no-deps .whl/*.whl
+fi
+export PYTHONPATH=$PWD HF_HUB_OFFLINE=1
+PY=/tmp/gpuenv/bin/python
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" \
+  | tee -a "$OUT/gpu.txt"
+$PY -m pytest tests/gpu -q -p no:cacheprovider -o addopts="" 2>&1 | tail -25 | tee "$OUT/gpu-tests.txt"
+SESSIONS=${SESSIONS:-1,16,64,128,256}
+$PY -m cluster.cli bench render --device cuda --sessions "$SESSIONS" --size 256,512 --json \
+  > "$OUT/render-gpu.json" 2> "$OUT/render-gpu.err"
+echo "render bench exit $?"
+tail -5 "$OUT/render-gpu.err"
+head -c 3000 "$OUT/render-gpu.json"
