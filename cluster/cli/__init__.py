@@ -31,9 +31,10 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from cluster.cli import bench, chat, kb
+    from cluster.cli import avatar, bench, chat, kb
 
     app.add_typer(kb.app, name="kb")
+    app.add_typer(avatar.app, name="avatar")
     app.add_typer(bench.app, name="bench")
     chat.register(app)
 
