@@ -65,3 +65,101 @@ def _print_table(figures: dict) -> None:
     met = figures.get("targets_met", {})
     console.print("targets: " + ", ".join(
         f"[{'green' if ok else 'red'}]{k}[/]" for k, ok in met.items()))
+
+
+@app.command("lipsync")
+def lipsync(
+    utterances: int = typer.Option(10, min=1, help="Clinic sentences to render (>= 10 for "
+                                   "the published figure)."),
+    size: int = typer.Option(256, help="Frame size in pixels: 256 or 512."),
+    fps: int = typer.Option(25, min=10, max=60, help="Video frame rate."),
+    avatar: str = typer.Option("default", help="Avatar pack to render."),
+    device: str = typer.Option("cpu", help="Render device: cpu, cuda or auto."),
+    json_out: bool = JsonOption,
+    out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
+) -> None:
+    """Audio/video sync on rendered pixels: renders utterances, reads the mouth opening from
+    the frames, cross-correlates it with the audio envelope (av_offset_ms, positive = video
+    late) and checks the mouth is closed in silence."""
+    from cluster.bench.lipsync import run_lipsync_bench
+
+    with friendly_errors(), console.status("lip-sync benchmark") as status:
+        figures = run_lipsync_bench(
+            utterances=utterances, size_px=size, fps=fps, avatar=avatar, device=device,
+            progress=lambda step: status.update(f"lip-sync benchmark: {step}"))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(figures, indent=2, default=str))
+    if json_out:
+        print_json(figures)
+        return
+    table = Table(title=f"lip-sync benchmark ({figures['utterances']} utterances)")
+    for column in ("utterance", "audio ms", "av offset ms", "corr", "closed in silence"):
+        table.add_column(column, justify="left" if column == "utterance" else "right")
+    for row in figures["per_utterance"]:
+        table.add_row(row["text"][:40], f"{row['audio_ms']}", f"{row['av_offset_ms']}",
+                      f"{row['correlation']}",
+                      f"{row['closed_silent_frames']}/{row['silent_frames']}")
+    console.print(table)
+    console.print(f"|av_offset_ms| p50 {figures['av_offset_ms']['p50']}, p99 "
+                  f"{figures['av_offset_ms']['p99']} (signed mean "
+                  f"{figures['signed_offset_ms']['mean']}); mouth closed in silence "
+                  f"{figures['mouth_closed_in_silence_rate']:.1%}")
+    console.print("targets: " + ", ".join(
+        f"[{'green' if ok else 'red'}]{k}[/]" for k, ok in figures["targets_met"].items()))
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        console.print(f"[bold red]error:[/] --{what} takes positive integers separated by "
+                      f"commas, e.g. 1,4,16; got {text!r}", highlight=False)
+        raise typer.Exit(2)
+    return values
+
+
+@app.command("render")
+def render(
+    sessions: str = typer.Option("1,4,16,64", help="Batch sizes (sessions per step), comma "
+                                 "separated."),
+    size: str = typer.Option("256,512", help="Render sizes in px (256 and/or 512)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    json_out: bool = JsonOption,
+    out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
+) -> None:
+    """Batched face rendering: frames/s, batch time and sessions per device at 25/30 fps,
+    render only and with per-session VP8 encoding included."""
+    from cluster.bench.render import run_render_bench
+
+    counts = _int_list(sessions, "sessions")
+    sizes = _int_list(size, "size")
+    with friendly_errors(), Progress(
+        TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("preparing", total=None)
+        figures = run_render_bench(counts, sizes, device,
+                                   progress=lambda step: bar.update(task, description=step))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(figures, indent=2, default=str))
+    if json_out:
+        print_json(figures)
+        return
+    table = Table(title=f"render benchmark on {figures['device']} ({figures['dtype']})")
+    for col in ("size", "sessions", "frames/s", "batch p50 ms", "batch p99 ms", "frames/s +vp8"):
+        table.add_column(col, justify="right")
+    for c in figures["configs"]:
+        table.add_row(str(c["size_px"]), str(c["sessions"]), f"{c['frames_per_s']}",
+                      f"{c['batch_ms']['p50']}", f"{c['batch_ms']['p99']}",
+                      f"{c['with_vp8']['frames_per_s']}")
+    console.print(table)
+    console.print("max sessions: " + ", ".join(
+        f"{k}: {v} ({figures['max_sessions_with_vp8'].get(k)} with VP8)"
+        for k, v in figures["max_sessions"].items()))
+    for s in figures["skipped"]:
+        console.print(f"[yellow]skipped[/] {s['sessions']} sessions at {s['size_px']} px: "
+                      f"{s['reason']}")
