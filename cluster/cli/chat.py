@@ -126,15 +126,21 @@ def _write_wav(path: Path, audio) -> None:
 
 def say(
     text: str = typer.Argument(..., help="What the avatar should say."),
-    out: Path = typer.Option(Path("reply.wav"), "--out", "-o", help="WAV file to write; the "
-                             "phoneme timings go beside it as NAME.phonemes.json."),
+    out: Path = typer.Option(Path("reply.wav"), "--out", "-o", help="WAV file to write, or an "
+                             ".mp4 for the avatar saying it (H.264 + AAC); the phoneme timings "
+                             "go beside it as NAME.phonemes.json."),
     config: str = ConfigOption,
     tts: str | None = typer.Option(None, help="TTS backend (espeak, piper, nemo); default: the "
                                    "profile's."),
     voice: str | None = typer.Option(None, help="Backend voice name."),
+    avatar: str = typer.Option("default", help="Avatar pack (name in configs/avatars/ or a "
+                               "folder) for an .mp4."),
+    size: int = typer.Option(256, help="Video frame size in pixels for an .mp4: 256 or 512."),
+    fps: int = typer.Option(25, min=1, max=60, help="Video frame rate for an .mp4."),
     json_out: bool = JsonOption,
 ) -> None:
-    """Synthesise TEXT with the avatar's voice: audio plus phoneme timings (IPA, ms)."""
+    """Synthesise TEXT with the avatar's voice: audio plus phoneme timings (IPA, ms). With
+    ``--out NAME.mp4`` the avatar is rendered saying it and muxed with the audio."""
     from models.tts import create_tts
 
     cfg = load(config)
@@ -149,6 +155,10 @@ def say(
                     exc, TTSConfig, "command line (--tts/--voice)").replace(
                     ": backend:", ": --tts:")) from None
         engine = create_tts(tts_cfg)
+        if out.suffix.lower() == ".mp4":
+            summary = _say_video(text, out, engine, avatar, size, fps, quiet=json_out)
+            _print_summary(summary, json_out)
+            return
         t0 = time.perf_counter()
         first_ms = None
         chunks = []
@@ -174,6 +184,10 @@ def say(
     summary = {"wav": str(out), "phonemes_json": str(side), "backend": engine.name,
                "audio_ms": round(1000 * len(pcm) / rate, 1), "phonemes": len(phonemes),
                "first_audio_ms": round(first_ms or 0.0, 1), "synth_ms": round(total_ms, 1)}
+    _print_summary(summary, json_out)
+
+
+def _print_summary(summary: dict, json_out: bool) -> None:
     if json_out:
         print_json(summary)
         return
@@ -181,3 +195,39 @@ def say(
     for key, value in summary.items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+def _say_video(text: str, out: Path, engine, avatar: str, size: int, fps: int,
+               quiet: bool) -> dict:
+    """Render the avatar saying ``text`` into ``out`` (.mp4); phoneme times in the JSON beside
+    it are on the video's timeline (the speech starts after the lead-in)."""
+    from models.render.offline import create_renderer, render_utterance
+    from models.render.pack import load_pack
+    from models.render.video import write_mp4
+
+    if size not in (256, 512):
+        raise InputError(f"--size must be 256 or 512, got {size}")
+
+    def work(progress) -> tuple:
+        progress("loading the avatar")
+        renderer = create_renderer(size_px=size, device="cpu")
+        slot = renderer.add_avatar(load_pack(avatar))
+        t0 = time.perf_counter()
+        utt = render_utterance(text, renderer=renderer, slot=slot, tts=engine, fps=fps,
+                               on_progress=lambda done, n: progress(f"frame {done}/{n}"))
+        render_ms = (time.perf_counter() - t0) * 1e3
+        progress("encoding")
+        write_mp4(out, utt.frames, fps, utt.audio, utt.rate)
+        return utt, render_ms
+
+    utt, render_ms = with_status("rendering", work, quiet=quiet)
+    phonemes = [{"phoneme": p.phoneme, "start_ms": round(p.start_ms, 2),
+                 "duration_ms": round(p.duration_ms, 2)} for p in utt.phonemes]
+    side = out.with_suffix(".phonemes.json")
+    side.write_text(json.dumps({"text": text, "sample_rate_hz": utt.rate,
+                                "speech_start_ms": utt.speech_start_ms,
+                                "phonemes": phonemes}, indent=1))
+    return {"mp4": str(out), "phonemes_json": str(side), "backend": engine.name,
+            "avatar": avatar, "size_px": size, "audio_ms": round(utt.audio_ms, 1),
+            "phonemes": len(phonemes), "frames": len(utt.frames), "fps": fps,
+            "video_ms": round(utt.duration_ms, 1), "render_ms": round(render_ms, 1)}
