@@ -8,12 +8,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
-python3 -m venv --system-site-packages /tmp/gpuenv
+PY=${PY:-python3}  # the interpreter that holds CUDA PyTorch
+EXTRA=/tmp/avatar-extra
 if compgen -G ".whl/*.whl" >/dev/null; then
-  /tmp/gpuenv/bin/pip install -q --no-index --no-deps .whl/*.whl
+  $PY -m pip install -q --no-index --no-deps --target "$EXTRA" .whl/*.whl
 fi
-export PYTHONPATH=$PWD HF_HUB_OFFLINE=1
-PY=/tmp/gpuenv/bin/python
+export PYTHONPATH=$PWD:$EXTRA HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" \
   | tee -a "$OUT/gpu.txt"
