@@ -38,6 +38,10 @@ EMOTION_TRANSITION_MS = 600.0
 EMOTION_HOLD_MS = 1500.0
 """How long the reply's emotion lingers after its speech ends before it decays to neutral."""
 HISTORY_MS = 30_000.0
+LIP_LEAD_MS = 15.0
+"""The mouth moves this much ahead of the sound. `avatarctl bench lipsync` measured the video
+about 15 ms late without it (the coarticulation blend rises into each phoneme); speakers'
+lips also lead their sound slightly, so a small lead reads as natural."""
 """Events older than this behind the latest sampled frame are forgotten."""
 
 _MOUTH = slice(0, 6)
@@ -56,10 +60,11 @@ class Animator:
     """One session's animation: feed it events with :meth:`on_event`, sample frames with
     :meth:`frame_at` or :meth:`frames` (``fps`` frames per second from a start time)."""
 
-    def __init__(self, fps: int = 25, seed: int = 0) -> None:
+    def __init__(self, fps: int = 25, seed: int = 0, lip_lead_ms: float = LIP_LEAD_MS) -> None:
         if not isinstance(fps, int | float) or not 1 <= fps <= 240:
             raise InputError(f"animator fps must be a number from 1 to 240, got {fps!r}")
         self.fps = fps
+        self.lip_lead_ms = float(lip_lead_ms)
         self.seed = int(seed)
         self.track = LipTrack()
         self._state_times: list[float] = []
@@ -88,7 +93,9 @@ class Animator:
         elif isinstance(event, Clause):
             self._set_emotion(nv.classify_emotion(event.text), event.pts_ms, sticky=True)
         elif isinstance(event, Interrupt):
-            self.track.interrupt(event.pts_ms)
+            # the track runs lip_lead_ms ahead of the frames: frames shown before the
+            # interrupt keep the mouth they had
+            self.track.interrupt(event.pts_ms + self.lip_lead_ms)
             self._nods = [t for t in self._nods if t < event.pts_ms]
             self._brows = [t for t in self._brows if t < event.pts_ms]
             self._speech_end = min(self._speech_end, event.pts_ms)
@@ -165,7 +172,7 @@ class Animator:
         if not len(t):
             return out.astype(np.float32)
         self._forget(t.min() - HISTORY_MS)
-        out[:, _MOUTH] = self.track.sample_many(t)
+        out[:, _MOUTH] = self.track.sample_many(t + self.lip_lead_ms)
         emotion = self._emotion.sample(t)
         out[:, _SMILE] = emotion[:, 0]
         out[:, _BROW] = emotion[:, 1] + nv.BROW_RAISE * nv.bumps(t, np.array(self._brows),
