@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cluster.cli.common import ConfigOption, JsonOption, console, friendly_errors, load, print_json
+from cluster.cli.common import ConfigOption, JsonOption, console, emit_json, friendly_errors, load
 
 app = typer.Typer(help="Benchmarks: each prints one JSON object with --json.",
                   no_args_is_help=True)
@@ -42,11 +41,7 @@ def pipeline(
             progress=lambda step: bar.update(task, description=step),
             on_turn=lambda n: bar.update(task, completed=n),
         ))
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(figures, indent=2, default=str))
-    if json_out:
-        print_json(figures)
+    if emit_json(figures, out, json_out):
         return
     _print_table(figures)
 
@@ -87,11 +82,7 @@ def lipsync(
         figures = run_lipsync_bench(
             utterances=utterances, size_px=size, fps=fps, avatar=avatar, device=device,
             progress=lambda step: status.update(f"lip-sync benchmark: {step}"))
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(figures, indent=2, default=str))
-    if json_out:
-        print_json(figures)
+    if emit_json(figures, out, json_out):
         return
     table = Table(title=f"lip-sync benchmark ({figures['utterances']} utterances)")
     for column in ("utterance", "audio ms", "av offset ms", "corr", "closed in silence"):
@@ -143,11 +134,7 @@ def render(
         task = bar.add_task("preparing", total=None)
         figures = run_render_bench(counts, sizes, device,
                                    progress=lambda step: bar.update(task, description=step))
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(figures, indent=2, default=str))
-    if json_out:
-        print_json(figures)
+    if emit_json(figures, out, json_out):
         return
     table = Table(title=f"render benchmark on {figures['device']} ({figures['dtype']})")
     for col in ("size", "sessions", "frames/s", "batch p50 ms", "batch p99 ms", "frames/s +vp8"):

@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -47,6 +48,17 @@ def load(config: str) -> AppConfig:
 def print_json(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=_default) + "\n")
     sys.stdout.flush()
+
+
+def emit_json(figures: dict[str, Any], out: Path | None, json_out: bool) -> bool:
+    """Write a benchmark's JSON to ``out`` (if given) and print it with ``--json``.
+    Returns True when it was printed (the caller skips its table)."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(figures, indent=2, default=_default) + "\n")
+    if json_out:
+        print_json(figures)
+    return json_out
 
 
 def _default(value: Any) -> Any:
