@@ -205,6 +205,10 @@ class ClusterConfig(Strict):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     session_store_path: str = Field(".data/sessions.sqlite3")
+    session_store_url: str | None = Field(
+        None, description="Session store server for clusters, e.g. redis://127.0.0.1:6379/0 "
+        "(run it with appendfsync always); None = SQLite at session_store_path."
+    )
 
 
 class RegionConfig(Strict):
