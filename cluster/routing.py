@@ -4,10 +4,10 @@ How a session finds its replica, from any handle in any process:
 
 * The session id *is* the binding. The renderer replica that accepts a new session mints its
   id with :func:`mint_session_id`, which embeds the replica's Serve ``unique_id``
-  (``"<replica unique_id>:<random hex>"``). Every router, in every handle's process, reads the
-  owner back with :func:`owner_of`; nothing is shared, nothing can disagree, a restarted
-  router needs no warm-up, and a replica that disappears can never be "re-assigned" a session
-  by accident: its ``unique_id`` is never reused.
+  (``"<replica unique_id>.<random hex>"``, a valid SessionStore id). Every router, in every
+  handle's process, reads the owner back with :func:`owner_of`; nothing is shared, nothing
+  can disagree, a restarted router needs no warm-up, and a replica that disappears can never
+  be "re-assigned" a session by accident: its ``unique_id`` is never reused.
 * Callers pass the id with ``handle.options(session_id=sid)``; Serve copies it into
   ``PendingRequest.metadata.session_id`` (the HTTP proxy fills the same field from the
   ``x-session-id`` header). Multiplexed model ids were not used: Serve's multiplex matching is
@@ -50,21 +50,12 @@ from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
-from models.errors import BackendError, InputError
+from models.errors import ClusterFull, InputError, SessionNotFound, SessionOwnerLost
 
-SEPARATOR = ":"
+__all__ = ["ClusterFull", "SessionOwnerLost", "SessionPinningRouter", "mint_session_id",
+           "owner_of"]
 
-
-class SessionOwnerLost(BackendError):
-    """The replica that hosted this session is gone; the session must be re-created."""
-
-    retryable = False
-
-
-class ClusterFull(BackendError):
-    """Every renderer is at capacity: refuse the new session (503 with Retry-After)."""
-
-    retryable = True
+SEPARATOR = "."
 
 
 def mint_session_id(replica_unique_id: str | None = None) -> str:
@@ -88,7 +79,7 @@ def owner_of(session_id: str) -> str:
     """
     owner, sep, rest = session_id.partition(SEPARATOR)
     if not owner or not sep or not rest:
-        raise InputError(
+        raise SessionNotFound(
             f"session id {session_id!r} is not one this cluster issued; "
             "create a session first and use the id it returns"
         )

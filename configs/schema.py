@@ -95,11 +95,21 @@ class KnowledgeConfig(Strict):
     top_k: int = Field(4, ge=1, le=50)
 
 
+class RenderConfig(Strict):
+    size_px: int = Field(256, ge=64, le=1024, description="Rendered frame side in pixels.")
+    fps: int = Field(25, ge=1, le=60, description="Frames per second for sessions with video.")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "auto", description="auto: the renderer replica's GPU when it has one, else CPU."
+    )
+    jpeg_quality: int = Field(80, ge=10, le=100, description="Quality of frame.jpg snapshots.")
+
+
 class ModelsConfig(Strict):
     asr: ASRConfig = ASRConfig()
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
+    render: RenderConfig = RenderConfig()
 
 
 # --- conversation ---------------------------------------------------------------------------
@@ -120,6 +130,10 @@ class ConversationConfig(Strict):
     max_text_chars: int = Field(2000, ge=1, description="Longer typed input is rejected.")
     max_audio_chunk_ms: int = Field(1000, ge=10, description="Longer input chunks are rejected.")
     input_sample_rates_hz: tuple[int, ...] = (8000, 16000, 24000, 32000, 44100, 48000)
+    session_idle_timeout_s: float = Field(
+        600.0, gt=0, description="A session with no input and no client for this long is "
+        "closed and its slot freed."
+    )
 
 
 # --- personas and knowledge bases ----------------------------------------------------------
@@ -171,13 +185,24 @@ class KnowledgeBaseConfig(Strict):
 
 
 class DeploymentConfig(Strict):
-    num_replicas: int | Literal["auto"] = 1
+    num_replicas: int | Literal["auto"] = Field(
+        1, description="A fixed count, or auto: autoscale between min_replicas and "
+        "max_replicas on ongoing requests (not for the renderer: sessions are not requests)."
+    )
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.25, ge=0)
     num_gpus: float = Field(0.0, ge=0)
-    max_ongoing_requests: int = Field(16, ge=1)
-    target_ongoing_requests: float = Field(4.0, gt=0)
+    max_ongoing_requests: int = Field(16, ge=1, description="Requests one replica runs at "
+                                      "once; streams count for as long as they stream.")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="Autoscaling target per "
+                                           "replica.")
+    upscale_delay_s: float = Field(2.0, ge=0, description="Load must last this long before "
+                                   "a replica is added.")
+    downscale_delay_s: float = Field(30.0, ge=0, description="Idle capacity must last this "
+                                     "long before a replica is removed.")
+    look_back_period_s: float = Field(5.0, gt=0, description="Window of the ongoing-request "
+                                      "average the autoscaler acts on.")
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
     sessions_per_replica: int | None = Field(None, ge=1, description="Renderer capacity.")
 
@@ -204,6 +229,11 @@ class ClusterConfig(Strict):
     object_store_mb: int = Field(256, ge=64)
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
+    metrics_port: int | None = Field(
+        8080, ge=1, le=65535, description="Prometheus export port of a local Ray (every "
+        "node's metrics, Ray Serve's and the avatar's); None = no export."
+    )
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503 when full.")
     session_store_path: str = Field(".data/sessions.sqlite3")
     session_store_url: str | None = Field(
         None, description="Session store server for clusters, e.g. redis://127.0.0.1:6379/0 "

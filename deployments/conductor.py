@@ -325,7 +325,7 @@ class Conductor:
             if len(self.history) > keep:
                 del self.history[: len(self.history) - keep]
             self.out.put(TurnEnd(self.clock.now_ms(), t.turn_id, reply, refused, interrupted,
-                                 dict(t.marks)))
+                                 dict(t.marks), text, t.turn_id in self._merged_turns))
             if not interrupted:
                 self._set_state("listening" if self.asr is not None else "idle")
 

@@ -58,3 +58,42 @@ def summarize(samples: Iterable[float], quantiles: Sequence[int] = (50, 95)) -> 
     out: dict[str, float] = {f"p{q}": round(percentile(values, q), 1) for q in quantiles}
     out["n"] = len(values)
     return out
+
+
+STAGES = (
+    "endpoint",
+    "asr",
+    "retrieval",
+    "llm_first_token",
+    "first_clause",
+    "first_audio",
+    "voice_to_first_audio",
+    "text_to_first_audio",
+    "turn",
+)
+"""Per-stage latencies exported as metrics (see :func:`stage_latencies`)."""
+
+
+def stage_latencies(marks: dict[str, float]) -> dict[str, float]:
+    """Stage name -> milliseconds for one turn's marks (only the stages the marks allow).
+
+    A voice turn is measured from the end of the user's speech, a typed turn from the moment
+    its text arrived (``asr_final``); ``first_audio`` is from ``asr_final`` for both.
+    """
+    voice = "speech_end" in marks
+    spans = {
+        "endpoint": ("speech_end", "endpoint"),
+        "asr": ("speech_end", "asr_final"),
+        "retrieval": ("asr_final", "retrieval_done"),
+        "llm_first_token": ("retrieval_done", "llm_first_token"),
+        "first_clause": ("asr_final", "first_clause"),
+        "first_audio": ("asr_final", "tts_first_audio"),
+        "voice_to_first_audio" if voice else "text_to_first_audio":
+            ("speech_end" if voice else "asr_final", "tts_first_audio"),
+        "turn": ("asr_final", "turn_end"),
+    }
+    out: dict[str, float] = {}
+    for stage, (start, end) in spans.items():
+        if start in marks and end in marks:
+            out[stage] = max(0.0, marks[end] - marks[start])
+    return out

@@ -36,3 +36,24 @@ class BackendError(AvatarError):
 
 class BackendUnavailable(AvatarError):
     """A backend cannot be constructed here (missing extra, missing model file, no GPU)."""
+
+
+class ClusterFull(BackendError):
+    """No capacity for a new session here (``reason``: full or draining); the gateway answers
+    503 with Retry-After. Never raised for a session already admitted."""
+
+    retryable = True
+
+    def __init__(self, message: str, reason: str = "full") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SessionNotFound(InputError):
+    """The session id is unknown here, ended or timed out (HTTP 404)."""
+
+
+class SessionOwnerLost(BackendError):
+    """The replica that hosted this session is gone; resume it on another (HTTP 410)."""
+
+    retryable = False

@@ -154,6 +154,10 @@ class TurnEnd:
     refused: bool = False
     interrupted: bool = False
     marks: dict[str, float] = field(default_factory=dict)
+    user_text: str = ""
+    """What the user said or typed for this turn."""
+    continued: bool = False
+    """The user went on talking: this turn's words are asked again, whole, in the next turn."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 app = typer.Typer(
     name="avatarctl",
     help="Run, measure and manage avatar-cluster: real-time conversational AI avatars.\n\n"
-    "Start with `avatarctl chat` to talk to the default avatar in the terminal.",
+    "Start with `avatarctl serve` and open http://127.0.0.1:8000, or `avatarctl chat` to talk "
+    "to the default avatar in the terminal.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -31,12 +32,13 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from cluster.cli import avatar, bench, chat, kb
+    from cluster.cli import avatar, bench, chat, kb, serve
 
     app.add_typer(kb.app, name="kb")
     app.add_typer(avatar.app, name="avatar")
     app.add_typer(bench.app, name="bench")
     chat.register(app)
+    serve.register(app)
 
 
 def main() -> None:

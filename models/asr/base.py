@@ -36,6 +36,9 @@ class Transcriber(ABC):
 
     name: str = "transcriber"
     sample_rate_hz: int = 16000
+    concurrent: bool = False
+    """True when ``transcribe`` may run for several utterances at once (a remote deployment);
+    False serialises the calls of one :class:`StreamingASR`."""
 
     @abstractmethod
     def transcribe(self, audio: np.ndarray) -> TranscriptResult: ...

@@ -23,6 +23,7 @@ when the text was ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -90,7 +91,8 @@ class StreamingASR:
         return StreamingASRSession(self, clock, tuple(allowed_rates), max_chunk_ms)
 
     def _transcribe_blocking(self, job: _Job) -> TranscriptResult | None:
-        with self._lock:
+        lock = contextlib.nullcontext() if self.transcriber.concurrent else self._lock
+        with lock:
             if job.stale.is_set():
                 return None
             audio = job.audio

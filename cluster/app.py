@@ -1,0 +1,232 @@
+"""Builds the Ray Serve application from configuration: the only place that applies Ray.
+
+::
+
+    Gateway (FastAPI ingress, "/") ──pinned handle──▶ Renderer × N (one per GPU; the sessions)
+                                                        ├─▶ ASR        (autoscaled)
+                                                        ├─▶ LLM        (autoscaled)
+                                                        ├─▶ TTS        (autoscaled)
+                                                        └─▶ Knowledge  (autoscaled with a
+                                                                        Qdrant server)
+
+* Renderer replicas are a fixed count (``deployments.renderer.num_replicas``, one per GPU
+  with ``num_gpus: 1``): sessions are not request load, so Serve's request autoscaler never
+  picks a renderer to stop. Each live session holds one open ``hold`` request, and
+  ``graceful_shutdown_timeout_s`` lets a replica that is being replaced finish its sessions.
+  Every call of a session reaches its owner through :class:`cluster.routing.SessionPinningRouter`.
+* ASR, LLM, TTS and Knowledge are shared and autoscale on ongoing requests when their
+  ``num_replicas`` is ``auto``. A streaming request counts for as long as it streams, so
+  ``target_ongoing_requests`` is the number of concurrent streams a replica serves well.
+
+``import_path: cluster.app:build_app`` in a Serve config file (``configs/serve/``) builds it
+with ``args: {profile: local}``; :func:`build_application` takes a loaded config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from configs.loader import load_config
+from configs.schema import AppConfig, DeploymentConfig
+from deployments.api import create_api
+from deployments.gateway import Gateway
+from deployments.remote import RemoteKnowledge, RemoteLLM, RemoteTranscriber, RemoteTTS
+from deployments.renderer import Renderer, resolve_device
+from deployments.workers import ASRWorker, KnowledgeWorker, LLMWorker, TTSWorker
+from models.errors import ConfigError
+
+DEPLOYMENT_NAMES = ("Gateway", "Renderer", "ASR", "LLM", "TTS", "Knowledge")
+APP_NAME = "avatar"
+ROUTING_STATS_PERIOD_S = 1.0
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = str(key).split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def build_app(args: dict[str, Any] | None = None) -> Any:
+    """Serve application builder: ``args`` = ``{"profile": NAME, "overrides": {dotted: v}}``."""
+    args = dict(args or {})
+    profile = args.pop("profile", "local")
+    overrides = args.pop("overrides", {}) or {}
+    if args:
+        raise ConfigError(f"unknown application args {sorted(args)}; use profile and overrides")
+    return build_application(load_config(profile, overrides=_nested(overrides)))
+
+
+def absolute_paths(config: AppConfig, root: Path | None = None) -> AppConfig:
+    """Relative data paths resolved against ``root`` (default: the working directory), so
+    replicas on this machine agree wherever Ray starts them."""
+    root = root or Path.cwd()
+    knowledge = config.models.knowledge
+    cluster = config.cluster
+    updates_k = {}
+    if knowledge.qdrant_path and not Path(knowledge.qdrant_path).is_absolute():
+        updates_k["qdrant_path"] = str(root / knowledge.qdrant_path)
+    updates_c = {}
+    if not Path(cluster.session_store_path).is_absolute():
+        updates_c["session_store_path"] = str(root / cluster.session_store_path)
+    models = config.models.model_copy(update={"knowledge": knowledge.model_copy(
+        update=updates_k)})
+    return config.model_copy(update={"models": models,
+                                     "cluster": cluster.model_copy(update=updates_c)})
+
+
+def check_deployable(config: AppConfig) -> None:
+    """Refuse configurations that Serve would accept but that cannot work."""
+    d = config.deployments
+    if d.renderer.num_replicas == "auto":
+        raise ConfigError("deployments.renderer.num_replicas is auto, but renderer replicas "
+                          "host live sessions and must not autoscale on requests: set a count "
+                          "(one per GPU)")
+    knowledge = config.models.knowledge
+    several = (d.knowledge.num_replicas == "auto" and d.knowledge.max_replicas > 1) or \
+        (isinstance(d.knowledge.num_replicas, int) and d.knowledge.num_replicas > 1)
+    if several and not knowledge.qdrant_url:
+        raise ConfigError("more than one Knowledge replica needs a Qdrant server: set "
+                          "models.knowledge.qdrant_url (local mode locks its directory to one "
+                          "process), or keep deployments.knowledge at one replica")
+    sessions = d.renderer.sessions_per_replica or 8
+    if d.renderer.max_ongoing_requests < 4 * sessions:
+        raise ConfigError(f"deployments.renderer.max_ongoing_requests is "
+                          f"{d.renderer.max_ongoing_requests}; each of its {sessions} sessions "
+                          f"holds an open request and streams events, so allow at least "
+                          f"{4 * sessions}")
+
+
+def deployment_options(name: str, cfg: DeploymentConfig) -> dict[str, Any]:
+    """``serve.deployment`` options from one deployment's config."""
+    options: dict[str, Any] = {
+        "name": name,
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "graceful_shutdown_timeout_s": cfg.graceful_shutdown_timeout_s,
+    }
+    if cfg.num_replicas == "auto":
+        options["autoscaling_config"] = {
+            "min_replicas": cfg.min_replicas,
+            "initial_replicas": max(cfg.min_replicas, 1),
+            "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+            "upscale_delay_s": cfg.upscale_delay_s,
+            "downscale_delay_s": cfg.downscale_delay_s,
+            "look_back_period_s": cfg.look_back_period_s,
+            "metrics_interval_s": min(cfg.look_back_period_s, 2.0),
+        }
+    else:
+        options["num_replicas"] = cfg.num_replicas
+    return options
+
+
+class RendererReplica(Renderer):
+    """The Renderer deployment: remote models, the session store, Prometheus metrics."""
+
+    def __init__(self, config: AppConfig, asr: Any, llm: Any, tts: Any, knowledge: Any) -> None:
+        from ray import serve
+
+        from cluster.metrics import RayMetrics
+        from cluster.routing import mint_session_id
+        from deployments.session_store import open_session_store
+        from models.asr import create_vad
+        from models.asr.stream import StreamingASR
+        from models.knowledge import create_embedder
+
+        uid = serve.get_replica_context().replica_id.unique_id
+        asr_cfg = config.models.asr
+        render = config.models.render
+
+        def face() -> Any:
+            from models.render.offline import create_renderer
+
+            return create_renderer(render.size_px, resolve_device(render.device))
+
+        super().__init__(
+            config, replica_id=uid,
+            asr=StreamingASR(RemoteTranscriber(asr), lambda: create_vad(asr_cfg.vad), asr_cfg),
+            llm=RemoteLLM(llm), tts=RemoteTTS(tts), knowledge=RemoteKnowledge(knowledge),
+            embedder=create_embedder(config.models.knowledge),  # the rails' topic matching
+            session_store=open_session_store(config.cluster), face=face,
+            metrics=RayMetrics(replica=uid), mint=lambda: mint_session_id(uid),
+        )
+        self._report()
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: the event loop answers."""
+
+
+class RendererHandleClient:
+    """:class:`deployments.gateway.RendererClient` over the pinned Renderer handle."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def create_session(self, **kwargs: Any) -> dict[str, Any]:
+        return await self.handle.create_session.remote(**kwargs)
+
+    async def call(self, session_id: str, method: str, *args: Any) -> Any:
+        pinned = self.handle.options(session_id=session_id)
+        return await getattr(pinned, method).remote(session_id, *args)
+
+    async def stream(self, session_id: str, method: str, *args: Any) -> Any:
+        pinned = self.handle.options(session_id=session_id, stream=True)
+        gen = getattr(pinned, method).remote(session_id, *args)
+        try:
+            async for item in gen:
+                yield item
+        finally:
+            gen.cancel()
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.handle.stats.remote()
+
+
+class GatewayReplica:
+    """The Gateway deployment: the FastAPI app over a pinned renderer handle."""
+
+    def __init__(self, config: AppConfig, renderer: Any) -> None:
+        from cluster.metrics import RayMetrics
+
+        self.config = config
+        self.gateway = Gateway(config, RendererHandleClient(renderer), RayMetrics())
+
+    def __serve_build_asgi_app__(self) -> Any:
+        port = self.config.cluster.metrics_port
+        url = f"http://127.0.0.1:{port}/metrics" if port else None
+        return create_api(self.gateway, metrics_url=url)
+
+
+def build_application(config: AppConfig) -> Any:
+    """The bound Serve application (Gateway at the root) for ``config``."""
+    from ray import serve
+    from ray.serve.config import RequestRouterConfig
+
+    config = absolute_paths(config)
+    check_deployable(config)
+    d = config.deployments
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    def make(cls: type, name: str, cfg: DeploymentConfig, **extra: Any) -> Any:
+        return serve.deployment(**deployment_options(name, cfg), **extra)(cls)
+
+    asr = make(ASRWorker, "ASR", d.asr).bind(config)
+    llm = make(LLMWorker, "LLM", d.llm).bind(config)
+    tts = make(TTSWorker, "TTS", d.tts).bind(config)
+    knowledge = make(KnowledgeWorker, "Knowledge", d.knowledge).bind(config)
+    router = RequestRouterConfig(
+        request_router_class="cluster.routing.SessionPinningRouter",
+        request_router_kwargs={"default_capacity": d.renderer.sessions_per_replica or 8},
+        request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+    )
+    renderer = make(RendererReplica, "Renderer", d.renderer,
+                    request_router_config=router).bind(config, asr, llm, tts, knowledge)
+    gateway_cls = serve.ingress()(GatewayReplica)
+    return make(gateway_cls, "Gateway", d.gateway).bind(config, renderer)

@@ -1,0 +1,142 @@
+"""The Gateway's HTTP routes (FastAPI; OpenAPI at ``/docs``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.gateway import MAX_AUDIO_BYTES, WEB_DIR, ApiError, Gateway
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class SessionRequest(BaseModel):
+    """A new session."""
+
+    model_config = ConfigDict(extra="forbid")
+    persona: str | None = Field(None, max_length=64, description="Persona name; None = the "
+                                "cluster's default persona.")
+    video: bool = Field(True, description="Render the avatar's face for this session.")
+    resume: str | None = Field(None, max_length=128, description="Id of an earlier session "
+                               "of the same tenant whose conversation this one continues.")
+
+
+class TextRequest(BaseModel):
+    """A typed user turn."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="What the user typed (interrupts a reply in progress).")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_api(gateway: Gateway, *, metrics_url: str | None = None) -> FastAPI:
+    """The routes over ``gateway``; ``metrics_url`` is this node's Prometheus export."""
+    app = FastAPI(
+        title="avatar-cluster",
+        description="Real-time conversational avatars: sessions, turns, events, frames.",
+        version="0.4.0",
+    )
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        gateway.metrics.rejection("bad_request")
+        parts = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+        return _error(422, "invalid request: " + "; ".join(parts))
+
+    @app.post("/v1/sessions", status_code=201, summary="Start a session")
+    async def create_session(body: SessionRequest | None = None) -> dict[str, Any]:
+        body = body or SessionRequest()
+        return await gateway.create_session(body.persona, body.video, body.resume)
+
+    @app.get("/v1/sessions/{session_id}", summary="A live session's state")
+    async def session_info(session_id: str) -> dict[str, Any]:
+        return await gateway.call(session_id, "session_info")
+
+    @app.post("/v1/sessions/{session_id}/text", status_code=202, summary="Send typed text")
+    async def send_text(session_id: str, body: TextRequest) -> dict[str, int]:
+        return {"turn_id": await gateway.call(session_id, "send_text", body.text)}
+
+    @app.post("/v1/sessions/{session_id}/audio", status_code=202,
+              summary="Send microphone audio (raw little-endian mono PCM16)")
+    async def send_audio(
+        session_id: str, request: Request,
+        sample_rate_hz: int = Query(16000, description="Sample rate of the PCM16 body."),
+    ) -> dict[str, int]:
+        pcm = bytearray()
+        async for chunk in request.stream():
+            pcm += chunk
+            if len(pcm) > MAX_AUDIO_BYTES:
+                raise ApiError(413, f"audio body is over {MAX_AUDIO_BYTES} bytes; send at "
+                               "most 2 s per request")
+        return {"samples": await gateway.call(session_id, "feed_audio", bytes(pcm),
+                                              sample_rate_hz)}
+
+    @app.post("/v1/sessions/{session_id}/interrupt", status_code=202,
+              summary="Stop the avatar (barge-in)")
+    async def interrupt(session_id: str) -> dict[str, bool]:
+        await gateway.call(session_id, "interrupt")
+        return {"interrupted": True}
+
+    @app.get("/v1/sessions/{session_id}/events", summary="The session's events (SSE)")
+    async def events(session_id: str) -> StreamingResponse:
+        stream = await gateway.events(session_id)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @app.get("/v1/sessions/{session_id}/frame.jpg", summary="The avatar's latest frame")
+    async def frame(session_id: str) -> Response:
+        jpeg = await gateway.call(session_id, "frame_jpeg")
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    @app.delete("/v1/sessions/{session_id}", status_code=204, summary="End a session")
+    async def delete(session_id: str) -> Response:
+        await gateway.delete(session_id)
+        return Response(status_code=204)
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: a renderer answers")
+    async def readyz() -> dict[str, Any]:
+        return await gateway.ready()
+
+    @app.get("/metrics", summary="Prometheus metrics of this node")
+    async def metrics() -> Response:
+        if metrics_url is None:
+            raise ApiError(404, "metrics export is off (cluster.metrics_port is null)")
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                reply = await client.get(metrics_url)
+        except httpx.HTTPError as exc:
+            raise ApiError(503, f"the node's metrics agent at {metrics_url} did not answer "
+                           f"({type(exc).__name__})") from None
+        return Response(reply.content, media_type=reply.headers.get("content-type",
+                                                                    "text/plain"))
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        page = WEB_DIR / "index.html"
+        if not page.exists():
+            return _error(404, "the web client is not installed")
+        return FileResponse(page, media_type="text/html")
+
+    if WEB_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    return app

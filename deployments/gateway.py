@@ -1,0 +1,202 @@
+"""The Gateway: the cluster's HTTP front door (FastAPI), as a plain class plus its routes.
+
+It admits sessions (a full cluster answers 503 with Retry-After), forwards each session's
+calls to the renderer replica that owns it, streams the session's events as Server-Sent
+Events and serves the web client. It holds one open ``hold`` request per live session, so
+Serve never stops a renderer replica that still hosts sessions before its
+``graceful_shutdown_timeout_s``.
+
+:class:`RendererClient` is how it reaches renderers: over pinned Serve handles in the cluster
+(:mod:`cluster.app`), or straight to an in-process :class:`~deployments.renderer.Renderer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from configs.schema import AppConfig
+from deployments.events import sse
+from deployments.metrics import MetricsSink
+from deployments.remote import unwrap_error
+from models.errors import (
+    AvatarError,
+    ClusterFull,
+    ConfigError,
+    InputError,
+    SessionNotFound,
+    SessionOwnerLost,
+)
+
+log = logging.getLogger(__name__)
+WEB_DIR = Path(__file__).parent / "web"
+MAX_AUDIO_BYTES = 2 * 48000 * 2  # two seconds of 48 kHz PCM16 per request
+KEEPALIVE_S = 15.0
+
+
+class RendererClient(Protocol):
+    """Calls into renderer replicas: new sessions by free capacity, the rest pinned."""
+
+    async def create_session(self, **kwargs: Any) -> dict[str, Any]:
+        """``Renderer.create_session`` on the replica with the most free capacity."""
+
+    async def call(self, session_id: str, method: str, *args: Any) -> Any:
+        """``Renderer.<method>(session_id, *args)`` on the replica that owns the session."""
+
+    def stream(self, session_id: str, method: str, *args: Any) -> AsyncIterator[Any]:
+        """The same for an async-generator method."""
+
+    async def stats(self) -> dict[str, Any]:
+        """``Renderer.stats()`` of one replica."""
+
+
+class LocalRendererClient:
+    """A :class:`RendererClient` for one in-process renderer (tests, single-process runs)."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    async def create_session(self, **kwargs: Any) -> dict[str, Any]:
+        return await self.renderer.create_session(**kwargs)
+
+    async def call(self, session_id: str, method: str, *args: Any) -> Any:
+        return await getattr(self.renderer, method)(session_id, *args)
+
+    async def stream(self, session_id: str, method: str, *args: Any) -> AsyncIterator[Any]:
+        async for item in getattr(self.renderer, method)(session_id, *args):
+            yield item
+
+    async def stats(self) -> dict[str, Any]:
+        return self.renderer.stats()
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, message and headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class Gateway:
+    """Admission and forwarding; every method raises :class:`ApiError` for the client."""
+
+    def __init__(self, config: AppConfig, renderers: RendererClient,
+                 metrics: MetricsSink | None = None) -> None:
+        self.config = config
+        self.renderers = renderers
+        self.metrics = metrics or MetricsSink()
+        self._holds: dict[str, asyncio.Task[None]] = {}
+
+    def _translate(self, exc: BaseException) -> ApiError:
+        error = unwrap_error(exc, "renderer")
+        if isinstance(error, ClusterFull):
+            self.metrics.rejection(getattr(error, "reason", "full"))
+            retry = str(self.config.cluster.retry_after_s)
+            return ApiError(503, "every avatar is busy; retry in a few seconds",
+                            {"Retry-After": retry})
+        if isinstance(error, SessionNotFound):
+            return ApiError(404, error.message)
+        if isinstance(error, SessionOwnerLost):
+            return ApiError(410, f"{error.message} (POST /v1/sessions with "
+                            "{\"resume\": <this id>} continues the conversation)")
+        if isinstance(error, InputError | ConfigError):
+            return ApiError(400, error.message)
+        if isinstance(error, AvatarError):
+            return ApiError(502, error.message)
+        log.exception("unexpected gateway error", exc_info=exc)
+        return ApiError(500, "internal error; the session is unaffected, try again")
+
+    async def create_session(self, persona: str | None = None, video: bool = True,
+                             resume: str | None = None) -> dict[str, Any]:
+        try:
+            info = await self.renderers.create_session(persona=persona, video=video,
+                                                       resume=resume)
+        except Exception as exc:
+            error = self._translate(exc)
+            if error.status == 400:
+                self.metrics.rejection("bad_request")
+            raise error from None
+        sid = str(info["session_id"])
+        self._holds[sid] = asyncio.create_task(self._hold(sid), name=f"hold-{sid}")
+        self.metrics.session_created()
+        base = f"/v1/sessions/{sid}"
+        return {**info, "events_url": f"{base}/events", "frame_url": f"{base}/frame.jpg"}
+
+    async def _hold(self, session_id: str) -> None:
+        with contextlib.suppress(Exception):
+            async for _ in self.renderers.stream(session_id, "hold"):
+                pass
+        self._holds.pop(session_id, None)
+
+    async def call(self, session_id: str, method: str, *args: Any) -> Any:
+        try:
+            return await self.renderers.call(session_id, method, *args)
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    async def events(self, session_id: str) -> AsyncIterator[bytes]:
+        """The session's events as SSE bytes; 404/410 surface before the first byte."""
+        iterator = self.renderers.stream(session_id, "events").__aiter__()
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            first = ("closed", {})
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return self._sse(first, iterator)
+
+    async def _sse(self, first: tuple[str, dict[str, Any]],
+                   iterator: AsyncIterator[tuple[str, dict[str, Any]]]) -> AsyncIterator[bytes]:
+        yield sse(*first)
+        if first[0] == "closed":
+            return
+        pending: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                pending = pending or asyncio.ensure_future(iterator.__anext__())
+                done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_S)
+                if not done:
+                    yield b": keep-alive\n\n"
+                    continue
+                try:
+                    kind, data = pending.result()
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    error = self._translate(exc)
+                    yield sse("error", {"message": error.message})
+                    return
+                finally:
+                    if pending.done():
+                        pending = None
+                yield sse(kind, data)
+                if kind == "closed":
+                    return
+        finally:
+            if pending is not None:
+                pending.cancel()
+            with contextlib.suppress(Exception):
+                await iterator.aclose()  # type: ignore[attr-defined]
+
+    async def delete(self, session_id: str) -> None:
+        await self.call(session_id, "close_session")
+        hold = self._holds.pop(session_id, None)
+        if hold is not None:
+            hold.cancel()
+
+    async def ready(self) -> dict[str, Any]:
+        try:
+            stats = await self.renderers.stats()
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return {"status": "ready", **stats}
+
+    async def aclose(self) -> None:
+        for task in self._holds.values():
+            task.cancel()
+

@@ -1,0 +1,143 @@
+"""The model interfaces over Ray Serve handles, for the renderer's conductors.
+
+A renderer replica hosts the sessions but not the shared models: its conductors call the ASR,
+LLM, TTS and Knowledge deployments through these adapters, which implement the same
+interfaces as the in-process backends (:class:`~models.asr.base.Transcriber`,
+:class:`~models.llm.base.LLM`, :class:`~models.tts.base.TTS`,
+:class:`~models.knowledge.base.KnowledgeStore`). The conductor cannot tell the difference.
+
+Errors cross back as the project's taxonomy: a replica's own :class:`AvatarError` keeps its
+type and message; a dead or unreachable replica becomes a retryable :class:`BackendError`.
+A stream that fails before its first item is retried once on another replica; after that the
+conductor's apology takes over. Cancelling the consumer (barge-in) cancels the remote stream.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import numpy as np
+
+from models.asr.base import Transcriber, TranscriptResult
+from models.errors import AvatarError, BackendError
+from models.frames import Passage, TTSChunk
+from models.knowledge.base import Document, KnowledgeStore
+from models.llm.base import LLM, LLMRequest
+from models.tts.base import TTS
+
+CALL_TIMEOUT_S = 30.0
+
+
+def unwrap_error(exc: BaseException, what: str) -> AvatarError:
+    """The project error behind a Serve call failure (``what`` names the deployment)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, AvatarError):
+        return cause
+    if isinstance(exc, AvatarError):
+        return exc
+    name = type(exc).__name__
+    return BackendError(f"the {what} deployment failed ({name}); retrying may help")
+
+
+def _is_transport(exc: BaseException) -> bool:
+    """A failure of the replica or the call itself rather than an error the model raised."""
+    return getattr(exc, "cause", None) is None and not isinstance(exc, AvatarError)
+
+
+async def stream_remote(handle: Any, method: str, what: str, *args: Any) -> AsyncIterator[Any]:
+    """Items of a streaming deployment method; one retry when the replica fails before the
+    first item. Stopping the iteration cancels the stream on the replica."""
+    for attempt in (1, 2):
+        gen = getattr(handle.options(stream=True), method).remote(*args)
+        started = False
+        try:
+            async for item in gen:
+                started = True
+                yield item
+            return
+        except Exception as exc:
+            if started or attempt == 2 or not _is_transport(exc):
+                raise unwrap_error(exc, what) from None
+        finally:
+            gen.cancel()
+
+
+class RemoteTranscriber(Transcriber):
+    """Utterances to the ASR deployment; called from StreamingASR's worker threads."""
+
+    name = "remote-asr"
+    concurrent = True
+
+    def __init__(self, handle: Any, sample_rate_hz: int = 16000) -> None:
+        self._handle = handle
+        self.sample_rate_hz = sample_rate_hz
+
+    def transcribe(self, audio: np.ndarray) -> TranscriptResult:
+        for attempt in (1, 2):
+            try:
+                return self._handle.transcribe.remote(audio).result(timeout_s=CALL_TIMEOUT_S)
+            except Exception as exc:
+                if attempt == 2 or not _is_transport(exc):
+                    raise unwrap_error(exc, "ASR") from None
+        raise AssertionError("unreachable")
+
+    def warmup(self) -> None:
+        """The ASR replicas warm themselves up."""
+
+
+class RemoteLLM(LLM):
+    """Reply text streamed from the LLM deployment."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        async for delta in stream_remote(self._handle, "stream", "LLM", request):
+            yield delta
+
+
+class RemoteTTS(TTS):
+    """Speech streamed from the TTS deployment (chunks carry their phoneme timings)."""
+
+    name = "remote-tts"
+    reentrant = True
+
+    def __init__(self, handle: Any, sample_rate_hz: int = 22050) -> None:
+        super().__init__()
+        self._handle = handle
+        self.sample_rate_hz = sample_rate_hz
+
+    def synthesize(self, text: str, stop: threading.Event | None = None) -> Iterable[TTSChunk]:
+        raise BackendError("the remote TTS streams only; use stream()", retryable=False)
+
+    async def stream(self, text: str) -> AsyncIterator[TTSChunk]:
+        async for chunk in stream_remote(self._handle, "stream", "TTS", text):
+            yield chunk
+
+    def warmup(self) -> None:
+        """The TTS replicas warm themselves up."""
+
+
+class RemoteKnowledge(KnowledgeStore):
+    """Tenant-filtered search in the Knowledge deployment (blocking: run it in a thread)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._handle, method).remote(*args).result(timeout_s=CALL_TIMEOUT_S)
+        except Exception as exc:
+            raise unwrap_error(exc, "Knowledge") from None
+
+    def search(self, tenant: str, kb: str, query: str, top_k: int = 4) -> list[Passage]:
+        return self._call("search", tenant, kb, query, top_k)
+
+    def count(self, tenant: str, kb: str) -> int:
+        return self._call("count", tenant, kb)
+
+    def ingest(self, tenant: str, kb: str, documents: Iterable[Document]) -> int:
+        raise BackendError("ingest through `avatarctl kb ingest`, not through a renderer",
+                           retryable=False)
