@@ -114,6 +114,8 @@ class Renderer:
         ``resume`` is the id of an earlier session of the same tenant (a reconnect after its
         renderer died): its committed history seeds the new session's conversation.
         """
+        if resume is not None and resume in self.sessions:
+            await self.close_session(resume)  # a reconnect replaces its old live session
         if self.draining:
             self.metrics.rejection("draining")
             raise ClusterFull(f"renderer {self.replica_id} is draining", "draining")
