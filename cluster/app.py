@@ -120,7 +120,7 @@ def deployment_options(name: str, cfg: DeploymentConfig) -> dict[str, Any]:
             "upscale_delay_s": cfg.upscale_delay_s,
             "downscale_delay_s": cfg.downscale_delay_s,
             "look_back_period_s": cfg.look_back_period_s,
-            "metrics_interval_s": min(cfg.look_back_period_s, 2.0),
+            "metrics_interval_s": min(cfg.look_back_period_s / 2, 2.0),
         }
     else:
         options["num_replicas"] = cfg.num_replicas
@@ -158,6 +158,14 @@ class RendererReplica(Renderer):
             metrics=RayMetrics(replica=uid), mint=lambda: mint_session_id(uid),
         )
         self._report()
+
+    def stats(self) -> dict[str, object]:
+        """Load and where this replica runs (its node and the GPUs Ray gave it)."""
+        import ray
+
+        context = ray.get_runtime_context()
+        return {**super().stats(), "node_id": context.get_node_id(),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
     async def check_health(self) -> None:
         """Serve's periodic health check: the event loop answers."""

@@ -333,9 +333,13 @@ class Conductor:
         yield text
 
     async def _reply_clauses(self, text: str, t: TurnTimings) -> AsyncIterator[str]:
-        passages = await asyncio.to_thread(
-            self.store.search, self.kb.tenant, self.kb.name, text, self.top_k
-        )
+        asearch = getattr(self.store, "asearch", None)  # a remote store awaits, no thread
+        if asearch is not None:
+            passages = await asearch(self.kb.tenant, self.kb.name, text, self.top_k)
+        else:
+            passages = await asyncio.to_thread(
+                self.store.search, self.kb.tenant, self.kb.name, text, self.top_k
+            )
         t.mark("retrieval_done", self.clock.now_ms())
         keep = 2 * self.config.history_turns
         history = self.history[-keep:] if keep else []

@@ -127,10 +127,13 @@ class LiveSession:
                                             "pts_ms": round(self.clock.now_ms(), 1)}))
 
     async def subscribe(self) -> AsyncIterator[WireEvent]:
-        """Every event from now on (after the backlog), until the session closes."""
+        """The backlog, the current state, then every event until the session closes."""
         queue: asyncio.Queue[WireEvent] = asyncio.Queue(SUBSCRIBER_QUEUE)
         while self._backlog:
             queue.put_nowait(self._backlog.popleft())
+        # Then the state right now, so a new listener is never left waiting for news.
+        queue.put_nowait(("state", {"state": self.conductor.state,
+                                    "pts_ms": round(self.clock.now_ms(), 1)}))
         if self.closed.is_set():
             queue.put_nowait(_CLOSED)
         self._subscribers.add(queue)

@@ -135,6 +135,13 @@ class RemoteKnowledge(KnowledgeStore):
     def search(self, tenant: str, kb: str, query: str, top_k: int = 4) -> list[Passage]:
         return self._call("search", tenant, kb, query, top_k)
 
+    async def asearch(self, tenant: str, kb: str, query: str, top_k: int = 4) -> list[Passage]:
+        """:meth:`search` awaited on the caller's event loop (no worker thread)."""
+        try:
+            return await self._handle.search.remote(tenant, kb, query, top_k)
+        except Exception as exc:
+            raise unwrap_error(exc, "Knowledge") from None
+
     def count(self, tenant: str, kb: str) -> int:
         return self._call("count", tenant, kb)
 

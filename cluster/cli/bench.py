@@ -150,3 +150,57 @@ def render(
     for s in figures["skipped"]:
         console.print(f"[yellow]skipped[/] {s['sessions']} sessions at {s['size_px']} px: "
                       f"{s['reason']}")
+
+
+@app.command("serve")
+def serve_overhead(
+    config: str = ConfigOption,
+    turns: int = typer.Option(12, min=1, help="Typed questions (the persona's answerable "
+                              "ones, in order) through each path."),
+    hops: int = typer.Option(200, min=10, help="Paired Knowledge search calls (Serve handle "
+                             "vs in-process)."),
+    sessions: int = typer.Option(20, min=1, help="Sessions to create (one at a time)."),
+    port: int = typer.Option(8031, min=1, max=65535, help="HTTP port of the benchmark's own "
+                             "local cluster (must be free)."),
+    json_out: bool = JsonOption,
+    out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
+) -> None:
+    """What Ray Serve adds: a handle hop, a typed turn over HTTP + SSE and a session creation,
+    each against the same work in-process, interleaved in one run on a local Ray.
+
+    Starts its own local Ray and Serve on --port (with private copies of the knowledge store
+    and session store) and stops them at the end; takes a few minutes on a small machine."""
+    from cluster.bench.serve import run_serve_bench
+
+    cfg = load(config)
+    with friendly_errors(), Progress(
+        TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("preparing", total=None)
+        figures = run_serve_bench(cfg, turns=turns, sessions=sessions, hops=hops, port=port,
+                                  progress=lambda step: bar.update(task, description=step))
+    if emit_json(figures, out, json_out):
+        return
+    table = Table(title=f"Serve overhead ({figures['setup']['cpus']} CPUs, "
+                  f"{figures['setup']['profile']} profile)")
+    for column in ("figure", "p50", "p95", "n"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+
+    def row(name: str, s: dict) -> None:
+        table.add_row(name, f"{s['p50']}", f"{s['p95']}", f"{s['n']}")
+
+    row("hop overhead ms (serve - in-process)", figures["hop_overhead_ms"])
+    for path, s in figures["hop_ms"].items():
+        row(f"  Knowledge.search ms, {path}", s)
+    row("turn overhead ms (serve - in-process)", figures["turn_overhead_ms"])
+    for path, s in figures["text_to_first_audio_ms"].items():
+        row(f"  text to first audio ms, {path}", s)
+    for path, s in figures["server_text_to_first_audio_ms"].items():
+        row(f"  same, server marks, {path}", s)
+    row("session create ms", figures["session_create_ms"])
+    table.add_row("startup s", f"{figures['startup_s']}", "", "")
+    console.print(table)
+    console.print("targets: " + ", ".join(
+        f"[{'green' if ok else 'red'}]{k} <= {figures['targets'][k]}[/]"
+        for k, ok in figures["met"].items()))
