@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) bash scripts/install.sh
 	touch $(STAMP)
 
-run: install  ## Start the avatar (typed console for now)
-	$(BIN)/avatarctl chat --config local
+run: install  ## Start the avatar cluster on http://127.0.0.1:8000 (Ctrl-C stops it)
+	$(BIN)/avatarctl serve --config local
 
 test: install  ## Run unit + integration tests (no GPU tests)
 	$(BIN)/pytest -m "not gpu and not browser" -q
@@ -31,6 +31,7 @@ test-all: install  ## Every test category that this machine can run
 bench: install  ## Benchmarks; JSON results in out/bench/
 	mkdir -p out/bench
 	$(BIN)/avatarctl bench pipeline --json --out out/bench/pipeline.json
+	$(BIN)/avatarctl bench serve --json --out out/bench/serve.json
 
 lint: install  ## ruff
 	$(BIN)/ruff check .

@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cluster.serve_llm import ServeChatLLM, build_llm_server
 from configs.loader import load_config
 from configs.schema import AppConfig, DeploymentConfig
 from deployments.api import create_api
@@ -40,6 +41,13 @@ from models.errors import ConfigError
 DEPLOYMENT_NAMES = ("Gateway", "Renderer", "ASR", "LLM", "TTS", "Knowledge")
 APP_NAME = "avatar"
 ROUTING_STATS_PERIOD_S = 1.0
+SAME_LOOP_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
+"""Serve runs user code and each handle's router on threads of their own by default; every
+call then crosses threads twice more. Replicas here never block their event loop (blocking
+work goes to worker threads), so ``cluster.serve_same_loop`` puts them on the main loop."""
 
 
 def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
@@ -103,11 +111,16 @@ def check_deployable(config: AppConfig) -> None:
                           f"{4 * sessions}")
 
 
-def deployment_options(name: str, cfg: DeploymentConfig) -> dict[str, Any]:
-    """``serve.deployment`` options from one deployment's config."""
+def deployment_options(name: str, cfg: DeploymentConfig, *,
+                       same_loop: bool = False) -> dict[str, Any]:
+    """``serve.deployment`` options from one deployment's config; ``same_loop`` runs the
+    replica's code and its handles' routers on the replica's main event loop."""
+    actor: dict[str, Any] = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+    if same_loop:
+        actor["runtime_env"] = {"env_vars": dict(SAME_LOOP_ENV)}
     options: dict[str, Any] = {
         "name": name,
-        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        "ray_actor_options": actor,
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "graceful_shutdown_timeout_s": cfg.graceful_shutdown_timeout_s,
     }
@@ -152,7 +165,9 @@ class RendererReplica(Renderer):
         super().__init__(
             config, replica_id=uid,
             asr=StreamingASR(RemoteTranscriber(asr), lambda: create_vad(asr_cfg.vad), asr_cfg),
-            llm=RemoteLLM(llm), tts=RemoteTTS(tts), knowledge=RemoteKnowledge(knowledge),
+            llm=ServeChatLLM(llm, config) if config.models.llm.backend == "vllm"
+            else RemoteLLM(llm),
+            tts=RemoteTTS(tts), knowledge=RemoteKnowledge(knowledge),
             embedder=create_embedder(config.models.knowledge),  # the rails' topic matching
             session_store=open_session_store(config.cluster), face=face,
             metrics=RayMetrics(replica=uid), mint=lambda: mint_session_id(uid),
@@ -223,10 +238,14 @@ def build_application(config: AppConfig) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     def make(cls: type, name: str, cfg: DeploymentConfig, **extra: Any) -> Any:
-        return serve.deployment(**deployment_options(name, cfg), **extra)(cls)
+        options = deployment_options(name, cfg, same_loop=config.cluster.serve_same_loop)
+        return serve.deployment(**options, **extra)(cls)
 
     asr = make(ASRWorker, "ASR", d.asr).bind(config)
-    llm = make(LLMWorker, "LLM", d.llm).bind(config)
+    if config.models.llm.backend == "vllm":  # Ray Serve LLM's vLLM server instead
+        llm = build_llm_server(config)
+    else:
+        llm = make(LLMWorker, "LLM", d.llm).bind(config)
     tts = make(TTSWorker, "TTS", d.tts).bind(config)
     knowledge = make(KnowledgeWorker, "Knowledge", d.knowledge).bind(config)
     router = RequestRouterConfig(

@@ -8,7 +8,9 @@ leaving the block shuts Serve and the Ray it started down.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -57,8 +59,11 @@ def serve_app(config: AppConfig, progress: Progress | None = None) -> Iterator[s
         yield f"http://{c.http_host}:{c.http_port}"
     finally:
         say("shutting down")
-        serve.shutdown()
-        if started:
-            import ray
+        # Ray prints its actors' exit notices to stdout while it stops: keep stdout for the
+        # caller's output (a benchmark's JSON).
+        with contextlib.redirect_stdout(sys.stderr):
+            serve.shutdown()
+            if started:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()

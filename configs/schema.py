@@ -234,6 +234,10 @@ class ClusterConfig(Strict):
         "node's metrics, Ray Serve's and the avatar's); None = no export."
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503 when full.")
+    serve_same_loop: bool = Field(
+        True, description="Run replica code and handle routers on each replica's main event "
+        "loop (fewer thread hops per call; see cluster/app.py SAME_LOOP_ENV)."
+    )
     session_store_path: str = Field(".data/sessions.sqlite3")
     session_store_url: str | None = Field(
         None, description="Session store server for clusters, e.g. redis://127.0.0.1:6379/0 "

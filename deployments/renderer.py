@@ -150,8 +150,8 @@ class Renderer:
                                               kit.persona.tenant,
                                               self.config.conversation.history_turns)
             await asyncio.to_thread(self.session_store.close_session, resume, kit.persona.tenant)
-        if video:
-            self._loop.face()  # load the face renderer (and its avatar slots) once
+        if video:  # load the face renderer (and its avatar slots) once, off the loop
+            await asyncio.to_thread(self._loop.face)
         sid = self._mint()
         clock = MediaClock()
         conv = self.config.conversation
