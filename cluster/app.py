@@ -103,6 +103,16 @@ def check_deployable(config: AppConfig) -> None:
         raise ConfigError("more than one Knowledge replica needs a Qdrant server: set "
                           "models.knowledge.qdrant_url (local mode locks its directory to one "
                           "process), or keep deployments.knowledge at one replica")
+    if d.renderer.colocate or d.gateway.colocate:
+        raise ConfigError("colocate applies to asr, llm, tts and knowledge only")
+    renderers = d.renderer.num_replicas
+    if d.knowledge.colocate and not knowledge.qdrant_url and renderers != 1:
+        raise ConfigError("deployments.knowledge.colocate with several renderer replicas "
+                          "needs models.knowledge.qdrant_url (local Qdrant locks its folder "
+                          "to one process)")
+    if d.llm.colocate and config.models.llm.backend == "vllm":
+        raise ConfigError("the vllm backend runs as Ray Serve LLM's own deployment: set "
+                          "deployments.llm.colocate to false")
     sessions = d.renderer.sessions_per_replica or 8
     if d.renderer.max_ongoing_requests < 4 * sessions:
         raise ConfigError(f"deployments.renderer.max_ongoing_requests is "
@@ -143,7 +153,8 @@ def deployment_options(name: str, cfg: DeploymentConfig, *,
 class RendererReplica(Renderer):
     """The Renderer deployment: remote models, the session store, Prometheus metrics."""
 
-    def __init__(self, config: AppConfig, asr: Any, llm: Any, tts: Any, knowledge: Any) -> None:
+    def __init__(self, config: AppConfig, asr: Any, llm: Any, tts: Any,
+                 knowledge: Any) -> None:
         from ray import serve
 
         from cluster.metrics import RayMetrics
@@ -162,13 +173,23 @@ class RendererReplica(Renderer):
 
             return create_renderer(render.size_px, resolve_device(render.device))
 
+        # A None handle means the model is colocated: load it here.
+        local = {"asr": asr is None, "llm": llm is None, "tts": tts is None,
+                 "knowledge": knowledge is None}
+        embedder = create_embedder(config.models.knowledge)  # the rails' topic matching
+        if local["knowledge"]:
+            knowledge = KnowledgeWorker(config, embedder=embedder)
         super().__init__(
             config, replica_id=uid,
-            asr=StreamingASR(RemoteTranscriber(asr), lambda: create_vad(asr_cfg.vad), asr_cfg),
-            llm=ServeChatLLM(llm, config) if config.models.llm.backend == "vllm"
+            asr=StreamingASR(ASRWorker(config).transcriber if local["asr"]
+                             else RemoteTranscriber(asr),
+                             lambda: create_vad(asr_cfg.vad), asr_cfg),
+            llm=LLMWorker(config).llm if local["llm"]
+            else ServeChatLLM(llm, config) if config.models.llm.backend == "vllm"
             else RemoteLLM(llm),
-            tts=RemoteTTS(tts), knowledge=RemoteKnowledge(knowledge),
-            embedder=create_embedder(config.models.knowledge),  # the rails' topic matching
+            tts=TTSWorker(config).tts if local["tts"] else RemoteTTS(tts),
+            knowledge=knowledge.store if local["knowledge"] else RemoteKnowledge(knowledge),
+            embedder=embedder,
             session_store=open_session_store(config.cluster), face=face,
             metrics=RayMetrics(replica=uid), mint=lambda: mint_session_id(uid),
         )
@@ -241,13 +262,16 @@ def build_application(config: AppConfig) -> Any:
         options = deployment_options(name, cfg, same_loop=config.cluster.serve_same_loop)
         return serve.deployment(**options, **extra)(cls)
 
-    asr = make(ASRWorker, "ASR", d.asr).bind(config)
-    if config.models.llm.backend == "vllm":  # Ray Serve LLM's vLLM server instead
+    asr = None if d.asr.colocate else make(ASRWorker, "ASR", d.asr).bind(config)
+    if d.llm.colocate:
+        llm = None
+    elif config.models.llm.backend == "vllm":  # Ray Serve LLM's vLLM server instead
         llm = build_llm_server(config)
     else:
         llm = make(LLMWorker, "LLM", d.llm).bind(config)
-    tts = make(TTSWorker, "TTS", d.tts).bind(config)
-    knowledge = make(KnowledgeWorker, "Knowledge", d.knowledge).bind(config)
+    tts = None if d.tts.colocate else make(TTSWorker, "TTS", d.tts).bind(config)
+    knowledge = None if d.knowledge.colocate else \
+        make(KnowledgeWorker, "Knowledge", d.knowledge).bind(config)
     router = RequestRouterConfig(
         request_router_class="cluster.routing.SessionPinningRouter",
         request_router_kwargs={"default_capacity": d.renderer.sessions_per_replica or 8},

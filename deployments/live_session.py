@@ -30,6 +30,9 @@ WireEvent = tuple[str, dict[str, object]]
 BACKLOG_EVENTS = 256
 SUBSCRIBER_QUEUE = 1024
 _CLOSED: WireEvent = ("closed", {})
+MAX_AUDIO_LEAD_MS = 40.0
+"""How far client audio may run ahead of the media clock (network jitter) before its
+timeline is re-anchored to the clock."""
 
 
 @dataclass
@@ -83,8 +86,12 @@ class LiveSession:
         if not len(samples):
             raise InputError("audio is empty; send at least one sample")
         duration_ms = 1000.0 * len(samples) / max(1, int(sample_rate_hz))
-        # Audio arrives in bursts: keep its timeline contiguous and never ahead of now.
-        pts = max(self._next_audio_pts_ms, self.clock.now_ms() - duration_ms)
+        # Audio ended when it arrived, at the latest. Keep the timeline contiguous through
+        # small jitter; after a burst, re-anchor to now rather than run ahead of the clock.
+        now = self.clock.now_ms()
+        pts = max(self._next_audio_pts_ms, now - duration_ms)
+        if pts + duration_ms > now + MAX_AUDIO_LEAD_MS:
+            pts = now - duration_ms
         self.conductor.feed_audio(AudioChunk(samples, int(sample_rate_hz), pts))
         self._next_audio_pts_ms = pts + duration_ms
         self.touch()

@@ -50,9 +50,10 @@ async def stream_remote(handle: Any, method: str, what: str, *args: Any) -> Asyn
     """Items of a streaming deployment method; one retry when the replica fails before the
     first item. Stopping the iteration cancels the stream on the replica."""
     for attempt in (1, 2):
-        gen = getattr(handle.options(stream=True), method).remote(*args)
+        gen = None
         started = False
         try:
+            gen = getattr(handle.options(stream=True), method).remote(*args)
             async for item in gen:
                 started = True
                 yield item
@@ -61,7 +62,8 @@ async def stream_remote(handle: Any, method: str, what: str, *args: Any) -> Asyn
             if started or attempt == 2 or not _is_transport(exc):
                 raise unwrap_error(exc, what) from None
         finally:
-            gen.cancel()
+            if gen is not None:
+                gen.cancel()
 
 
 class RemoteTranscriber(Transcriber):

@@ -9,6 +9,7 @@ session) instead of drifting: the stream stays on time and never freezes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -19,6 +20,7 @@ from deployments.metrics import MetricsSink
 from models.render.base import FaceRenderer
 
 FrameSink = Callable[[LiveSession, np.ndarray, float], None]
+log = logging.getLogger(__name__)
 
 
 class RenderLoop:
@@ -72,7 +74,10 @@ class RenderLoop:
                 await asyncio.sleep(self.interval_s)
                 next_tick = self._now()
                 continue
-            await self.render_once(batch)
+            try:
+                await self.render_once(batch)
+            except Exception:  # one bad step must not stop video for every session
+                log.exception("render step failed for %d sessions", len(batch))
             next_tick += self.interval_s
             late = self._now() - next_tick
             dropped = 0

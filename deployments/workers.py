@@ -20,6 +20,7 @@ from configs.schema import AppConfig
 from models.asr.base import TranscriptResult
 from models.errors import InputError
 from models.frames import Passage, TTSChunk
+from models.knowledge.base import Embedder
 from models.llm.base import LLMRequest
 
 MAX_UTTERANCE_S = 30.0
@@ -97,11 +98,11 @@ class KnowledgeWorker:
     needs ``models.knowledge.qdrant_url`` (a Qdrant server); :mod:`cluster.app` checks that.
     """
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, *, embedder: Embedder | None = None) -> None:
         from models.knowledge import create_embedder, create_store
         from models.knowledge.ingest import ensure_ingested
 
-        self.embedder = create_embedder(config.models.knowledge)
+        self.embedder = embedder or create_embedder(config.models.knowledge)
         self.store = create_store(config.models.knowledge, self.embedder)
         for kb in config.knowledge_bases:
             ensure_ingested(self.store, config, kb.name)

@@ -143,3 +143,27 @@ async def test_serve_llm_errors_become_backend_errors():
     request = LLMRequest((ChatMessage("user", "Hi"),), "Hi", (), "")
     with pytest.raises(BackendError, match="OOM"):
         [d async for d in llm.stream(request)]
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    ({"deployments": {"renderer": {"colocate": True}}}, "asr, llm, tts and knowledge only"),
+    ({"deployments": {"knowledge": {"colocate": True}, "renderer": {"num_replicas": 2}}},
+     "qdrant_url"),
+])
+def test_colocation_that_cannot_work_is_refused(overrides, words):
+    with pytest.raises(ConfigError, match=words):
+        check_deployable(load_config("local", overrides=overrides))
+
+
+def test_colocated_models_get_no_deployment_of_their_own():
+    from ray.serve._private.build_app import build_app as build_serve_app
+
+    from cluster.app import build_application
+
+    cfg = load_config("local", overrides={"deployments": {"llm": {"colocate": True},
+                                                          "tts": {"colocate": True}}})
+    names = {d.name for d in build_serve_app(build_application(cfg), name="avatar").deployments}
+    assert names == {"Gateway", "Renderer", "ASR", "Knowledge"}
+    shared = load_config("local")
+    names = {d.name for d in build_serve_app(build_application(shared), name="a").deployments}
+    assert names == {"Gateway", "Renderer", "ASR", "LLM", "TTS", "Knowledge"}

@@ -208,3 +208,15 @@ def test_api_error_maps_project_errors_to_statuses(renderer):
     for exc, status in statuses.items():
         error = gateway._translate(exc)
         assert isinstance(error, ApiError) and error.status == status
+
+
+def test_a_draining_renderer_refuses_new_sessions_and_keeps_live_ones(client, renderer):
+    sid = new_session(client)
+    import asyncio as _asyncio
+
+    _asyncio.run(renderer.drain())
+    assert renderer.record_routing_stats()["capacity"] == 0
+    refused = client.post("/v1/sessions", json={"video": False})
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert renderer.metrics.counters["rejected_draining"] == 1
+    assert client.post(f"/v1/sessions/{sid}/text", json={"text": "Hello"}).status_code == 202

@@ -142,27 +142,28 @@ class FakeHandle:
         return _Method(self, method, False)
 
 
-@dataclass
 class _Options:
-    handle: FakeHandle
-    stream: bool
+    """``handle.options(stream=...)``: the same methods, streaming or not."""
+
+    def __init__(self, handle: FakeHandle, stream: bool) -> None:
+        self._handle, self._stream = handle, stream
 
     def __getattr__(self, method: str) -> _Method:
-        return _Method(self.handle, method, self.stream)
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return _Method(self._handle, method, self._stream)
 
 
-@dataclass
 class _Method:
-    handle: FakeHandle
-    method: str
-    stream: bool
+    def __init__(self, handle: FakeHandle, method: str, stream: bool) -> None:
+        self._handle, self._method, self._stream = handle, method, stream
 
     def remote(self, *args: Any) -> FakeStream | FakeResponse:
-        if not self.handle.script:
-            raise AssertionError(f"unexpected extra call to {self.method}")
-        reply = self.handle.script.pop(0)
-        response = FakeStream(reply) if self.stream else FakeResponse(reply)
-        self.handle.calls.append(Call(self.method, args, self.stream, response))
+        if not self._handle.script:
+            raise AssertionError(f"unexpected extra call to {self._method}")
+        reply = self._handle.script.pop(0)
+        response = FakeStream(reply) if self._stream else FakeResponse(reply)
+        self._handle.calls.append(Call(self._method, args, self._stream, response))
         return response
 
 
