@@ -26,6 +26,7 @@ from configs import load_config  # noqa: E402
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PORT = 8047
+METRICS_PORT = 8093
 GPUS = 3
 CAPACITY = 7
 SESSIONS = 20
@@ -48,12 +49,13 @@ def app(tmp_path_factory: pytest.TempPathFactory):
     os.environ["RAY_AUTH_MODE"] = "disabled"
     nodes = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "num_gpus": 1, "include_dashboard": False,
-        "object_store_memory": 96 * 1024 * 1024})
+        "object_store_memory": 96 * 1024 * 1024, "metrics_export_port": METRICS_PORT})
     for _ in range(GPUS - 1):
         nodes.add_node(num_cpus=1, num_gpus=1, object_store_memory=80 * 1024 * 1024)
     ray.init(address=nodes.address, log_to_driver=False)
     config = load_config("local", overrides={
-        "cluster": {"session_store_path": str(data / "sessions.sqlite3"), "metrics_port": None},
+        "cluster": {"session_store_path": str(data / "sessions.sqlite3"),
+                    "metrics_port": METRICS_PORT},
         "models": {"knowledge": {"qdrant_path": str(data / "qdrant")}},
         "deployments": {
             "gateway": {"num_cpus": 0.05},
@@ -182,3 +184,15 @@ async def _scenario(url: str) -> None:
                 break
             await asyncio.sleep(0.5)
         assert reply.status_code == 201, reply.text
+
+        # Prometheus (through the Gateway's /metrics): stage latencies, sessions per renderer,
+        # refusals, turns. Ray's metrics agent exports every few seconds.
+        wanted = ["ray_avatar_stage_latency_ms_bucket", 'stage="text_to_first_audio"',
+                  "ray_avatar_sessions{", 'reason="full"', 'outcome="answered"']
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = (await client.get("/metrics")).text
+            if all(w in text for w in wanted):
+                break
+            await asyncio.sleep(2)
+        assert [w for w in wanted if w not in text] == []
