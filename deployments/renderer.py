@@ -283,7 +283,9 @@ class Renderer:
         }
 
     def record_routing_stats(self) -> dict[str, object]:
-        """Load report for :class:`cluster.routing.SessionPinningRouter`."""
+        """Load report for :class:`cluster.routing.SessionPinningRouter` (every second);
+        it refreshes the session gauges too."""
+        self._report()
         capacity = 0 if self.draining else self.capacity
         return {"sessions": len(self.sessions) + self._reserved, "capacity": capacity,
                 "recorded_at": time.time()}
