@@ -228,6 +228,22 @@ class DeploymentsConfig(Strict):
     knowledge: DeploymentConfig = DeploymentConfig()
 
 
+class WebRTCConfig(Strict):
+    stun_urls: tuple[str, ...] = Field(
+        (), description="STUN servers for the browser and the renderer, e.g. "
+        "stun:stun.example.org:3478; empty on a LAN or one machine."
+    )
+    turn_urls: tuple[str, ...] = Field(
+        (), description="TURN servers (turn:host:3478?transport=udp): needed when clients "
+        "cannot reach a renderer's UDP ports directly."
+    )
+    turn_secret_env: str | None = Field(
+        None, description="Environment variable with the TURN server's shared secret: "
+        "clients get time-limited credentials (the TURN REST scheme)."
+    )
+    turn_ttl_s: int = Field(3600, ge=60, le=86400, description="Lifetime of TURN credentials.")
+
+
 class ClusterConfig(Strict):
     ray_address: str | None = Field(None, description="None = start a local Ray.")
     num_cpus: int | None = Field(None, ge=1)
@@ -240,6 +256,7 @@ class ClusterConfig(Strict):
         "node's metrics, Ray Serve's and the avatar's); None = no export."
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503 when full.")
+    webrtc: WebRTCConfig = WebRTCConfig()
     serve_same_loop: bool = Field(
         True, description="Run replica code and handle routers on each replica's main event "
         "loop (fewer thread hops per call; see cluster/app.py SAME_LOOP_ENV)."

@@ -33,6 +33,14 @@ class TextRequest(BaseModel):
     text: str = Field(description="What the user typed (interrupts a reply in progress).")
 
 
+class OfferRequest(BaseModel):
+    """A WebRTC offer (``RTCPeerConnection.createOffer()`` after ICE gathering)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sdp: str = Field(max_length=32_000, description="The offer's SDP.")
+    type: str = Field("offer", description="Always 'offer'.")
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -85,6 +93,10 @@ def create_api(gateway: Gateway, *, metrics_url: str | None = None) -> FastAPI:
                                "most 2 s per request")
         return {"samples": await gateway.call(session_id, "feed_audio", bytes(pcm),
                                               sample_rate_hz)}
+
+    @app.post("/v1/sessions/{session_id}/offer", summary="WebRTC: answer the client's offer")
+    async def offer(session_id: str, body: OfferRequest) -> dict[str, Any]:
+        return await gateway.call(session_id, "connect", body.sdp, body.type)
 
     @app.post("/v1/sessions/{session_id}/interrupt", status_code=202,
               summary="Stop the avatar (barge-in)")

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from models.frames import AudioChunk, ErrorEvent, TurnEnd
 from models.guardrails.rails import Rails
 
 WireEvent = tuple[str, dict[str, object]]
+log = logging.getLogger(__name__)
 BACKLOG_EVENTS = 256
 SUBSCRIBER_QUEUE = 1024
 _CLOSED: WireEvent = ("closed", {})
@@ -63,6 +66,9 @@ class LiveSession:
     _subscribers: set[asyncio.Queue[WireEvent]] = field(default_factory=set)
     _backlog: deque[WireEvent] = field(default_factory=lambda: deque(maxlen=BACKLOG_EVENTS))
     _pump: asyncio.Task[None] | None = None
+    _listeners: list[Callable[[object, WireEvent | None], None]] = field(default_factory=list)
+    peer: Any = None
+    """The session's WebRTC peer, when a client connected one (deployments/media/peer.py)."""
     _next_audio_pts_ms: float = 0.0
     _turn_error: bool = False
 
@@ -101,7 +107,8 @@ class LiveSession:
         self.last_active_s = time.monotonic()
 
     def idle_s(self) -> float:
-        return 0.0 if self._subscribers else time.monotonic() - self.last_active_s
+        connected = self.peer is not None and not self.peer.closed.is_set()
+        return 0.0 if self._subscribers or connected else time.monotonic() - self.last_active_s
 
     # --- output -----------------------------------------------------------------------------
 
@@ -116,8 +123,21 @@ class LiveSession:
                     self.turns += 1
                 await self.on_turn_end(self, event, error)
             wire = to_wire(event)
+            for listener in list(self._listeners):
+                try:
+                    listener(event, wire)
+                except Exception:  # a broken media peer must not stop the session
+                    log.exception("session %s: event listener failed", self.session_id)
             if wire is not None:
                 self.publish(wire)
+
+    def add_listener(self, listener: Callable[[object, WireEvent | None], None]) -> None:
+        """Call ``listener(event, wire_or_None)`` for every conductor event from now on."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[object, WireEvent | None], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     def publish(self, wire: WireEvent) -> None:
         if not self._subscribers:
@@ -160,6 +180,8 @@ class LiveSession:
         if self.closed.is_set():
             return
         self.closed.set()
+        if self.peer is not None:
+            await self.peer.close()
         await self.conductor.aclose()
         if self._pump is not None:
             self._pump.cancel()

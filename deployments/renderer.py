@@ -172,7 +172,10 @@ class Renderer:
         self.metrics.session_created()
         self._report()
         info = session.info()
+        from deployments.media.ice import ice_servers
+
         info.update(greeting=kit.persona.greeting, renderer=self.replica_id,
+                    ice_servers=ice_servers(self.config.cluster.webrtc, sid),
                     resumed_from=resume, history_turns=len(history) // 2)
         return info
 
@@ -207,6 +210,30 @@ class Renderer:
         session = self._get(session_id)
         yield session_id
         await session.closed.wait()
+
+    async def connect(self, session_id: str, sdp: str, kind: str = "offer") -> dict[str, object]:
+        """Answer the client's WebRTC offer: the avatar's audio and video go to it, its
+        microphone and data channel come in (a new offer replaces the session's old peer)."""
+        from deployments.media.ice import ice_servers
+        from deployments.media.peer import MediaPeer
+
+        session = self._get(session_id)
+        if session.peer is not None:
+            await session.peer.close()
+            session.peer = None
+        if self._face_factory is not None and not session.video:
+            await asyncio.to_thread(self._loop.face)
+            session.video = True
+        servers = ice_servers(self.config.cluster.webrtc, session_id)
+        peer = MediaPeer(session, servers, fps=self.config.models.render.fps)
+        try:
+            answer = await peer.answer(sdp, kind)
+        except BaseException:
+            await peer.close()
+            raise
+        session.peer = peer
+        session.touch()
+        return dict(answer)
 
     async def session_info(self, session_id: str) -> dict[str, object]:
         return self._get(session_id).info()

@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-# Debian packages the default install needs (none yet: every native library ships in a wheel).
-apt_packages=(redis-server)
+# Debian packages: redis-server (the cluster's session store in tests) and chromium (the
+# browser tests drive it through Playwright; `playwright install` is never used).
+apt_packages=(redis-server chromium)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

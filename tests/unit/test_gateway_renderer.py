@@ -146,6 +146,10 @@ def test_bad_input_gets_a_specific_error_and_the_session_goes_on(client):
                      content=b"\x00\x00" * 160), 400, "12345"),
         (client.post(f"/v1/sessions/{sid}/audio", content=b"\x00" * 400_000), 413, "2 s"),
         (client.get("/v1/sessions/r1.0000/frame.jpg"), 404, "not live"),
+        (client.post(f"/v1/sessions/{sid}/offer", json={"sdp": "hello"}), 400, "v=0"),
+        (client.post(f"/v1/sessions/{sid}/offer", json={"sdp": "v=0", "type": "answer"}),
+         400, "'offer'"),
+        (client.post(f"/v1/sessions/{sid}/offer", json={"sdp": "x" * 40_000}), 422, "sdp"),
     ]
     for reply, status, words in cases:
         assert reply.status_code == status, reply.text

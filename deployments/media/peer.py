@@ -1,0 +1,200 @@
+"""One session's WebRTC peer on its renderer replica: media straight to and from the browser.
+
+* Out: the avatar's voice (:class:`~deployments.media.tracks.AvatarAudioTrack` over an
+  :class:`~deployments.media.timeline.AudioTimeline`) and face
+  (:class:`~deployments.media.tracks.AvatarVideoTrack`), both paced by the session's media
+  clock, so the browser's A/V sync follows the same timeline as the reply's phonemes.
+* In: the microphone, decoded by aiortc (48 kHz), downmixed and fed to the session's ASR.
+* A data channel carries typed text and barge-in from the client, and the session's events
+  (transcripts, reply text, state, turn ends with timing marks) back, as JSON.
+
+aiortc has no trickle ICE: :meth:`MediaPeer.answer` returns once ICE gathering is complete,
+so the answer carries every candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from deployments.live_session import LiveSession
+from deployments.media.timeline import AudioTimeline
+from deployments.media.tracks import AvatarAudioTrack, AvatarVideoTrack
+from models.errors import AvatarError, InputError
+from models.frames import Interrupt, SpeechAudio
+
+log = logging.getLogger(__name__)
+MAX_SDP_CHARS = 32_000
+MAX_MESSAGE_CHARS = 8_000
+CHANNEL_EVENTS = ("transcript", "text_delta", "clause", "state", "interrupt", "turn_end",
+                  "error", "closed")
+"""Session events sent over the data channel (audio travels on the audio track)."""
+
+
+def check_offer(sdp: object, kind: object) -> str:
+    """The offer's SDP, or InputError saying what is wrong with it."""
+    if kind != "offer":
+        raise InputError(f"type must be 'offer', got {kind!r:.40}")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise InputError("sdp is empty; send the browser's RTCPeerConnection offer")
+    if len(sdp) > MAX_SDP_CHARS:
+        raise InputError(f"sdp is {len(sdp)} characters; offers longer than "
+                         f"{MAX_SDP_CHARS} are refused")
+    if not sdp.lstrip().startswith("v=0") or "\nm=" not in sdp.replace("\r\n", "\n"):
+        raise InputError("sdp is not a session description (it must start with v=0 and have "
+                         "at least one m= line)")
+    return sdp
+
+
+def mic_to_mono(frame: Any) -> tuple[np.ndarray, int]:
+    """A decoded microphone frame as int16 mono samples and its rate."""
+    samples = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.name != "s16":
+        raise InputError(f"microphone frames must be s16, got {frame.format.name}")
+    pcm = samples.reshape(-1, channels) if samples.shape[0] == 1 else samples.T
+    mono = pcm.astype(np.int32).mean(axis=1) if channels > 1 else pcm[:, 0]
+    return np.asarray(mono, dtype=np.int16), int(frame.sample_rate)
+
+
+class MediaPeer:
+    """The WebRTC side of one session (created by the renderer for each offer)."""
+
+    def __init__(self, session: LiveSession, ice_servers: Sequence[dict[str, Any]] = (),
+                 fps: int = 25) -> None:
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+
+        self.session = session
+        self.timeline = AudioTimeline()
+        servers = [RTCIceServer(**s) for s in ice_servers]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
+        self.audio = AvatarAudioTrack(self.timeline, session.clock)
+        self.video = AvatarVideoTrack(lambda _t: session.frame, session.clock, fps=fps)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._channel: Any = None
+        self.closed = asyncio.Event()
+        self.mic_samples = 0
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_state)
+        session.add_listener(self._on_session_event)
+
+    async def answer(self, sdp: str, kind: str) -> dict[str, str]:
+        """Apply the client's offer; return the complete answer (all ICE candidates)."""
+        from aiortc import RTCSessionDescription
+
+        offer = RTCSessionDescription(sdp=check_offer(sdp, kind), type="offer")
+        try:
+            await self.pc.setRemoteDescription(offer)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise InputError(f"the offer could not be applied: {exc}") from None
+        kinds = {t.kind for t in self.pc.getTransceivers()}
+        if not kinds & {"audio", "video"}:
+            raise InputError("the offer has no audio or video section; add recvonly audio and "
+                             "video transceivers before creating it")
+        # addTrack reuses the offer's transceiver of the same kind (recvonly -> sendrecv).
+        if "audio" in kinds:
+            self.pc.addTrack(self.audio)
+        if "video" in kinds:
+            self.pc.addTrack(self.video)
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)  # waits for ICE gathering
+        local = self.pc.localDescription
+        return {"sdp": local.sdp, "type": local.type}
+
+    # --- in ---------------------------------------------------------------------------------
+
+    def _on_track(self, track: Any) -> None:
+        if track.kind == "audio":
+            self._spawn(self._read_mic(track))
+
+    async def _read_mic(self, track: Any) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            pcm, rate = mic_to_mono(frame)
+            try:
+                self.session.feed_pcm16(pcm.astype("<i2").tobytes(), rate)
+                self.mic_samples += len(pcm)
+            except InputError as exc:
+                self._send("error", {"message": exc.message})
+
+    def _on_datachannel(self, channel: Any) -> None:
+        self._channel = channel
+        channel.on("message", lambda message: self._spawn(self._on_message(message)))
+
+    async def _on_message(self, message: object) -> None:
+        try:
+            if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
+                raise InputError(f"data channel messages are JSON text of at most "
+                                 f"{MAX_MESSAGE_CHARS} characters")
+            try:
+                data = json.loads(message)
+            except json.JSONDecodeError:
+                raise InputError("data channel message is not JSON; send "
+                                 '{"type": "text", "text": "..."}') from None
+            kind = data.get("type") if isinstance(data, dict) else None
+            if kind == "text":
+                turn = await self.session.conductor.send_text(data.get("text"))
+                self.session.touch()
+                self._send("accepted", {"turn_id": turn})
+            elif kind == "interrupt":
+                await self.session.conductor.interrupt()
+            elif kind == "ping":
+                self._send("pong", {"t": data.get("t"),
+                                    "pts_ms": round(self.session.clock.now_ms(), 1)})
+            else:
+                raise InputError(f"unknown message type {kind!r:.40}; use text, interrupt or "
+                                 "ping")
+        except AvatarError as exc:
+            self._send("error", {"message": exc.message})
+
+    # --- out --------------------------------------------------------------------------------
+
+    def _on_session_event(self, event: object, wire: tuple[str, dict[str, object]] | None) -> None:
+        if isinstance(event, SpeechAudio):
+            self.timeline.add(event)
+        elif isinstance(event, Interrupt):
+            self.timeline.interrupt(event.turn_id, event.pts_ms)
+        if wire is not None and wire[0] in CHANNEL_EVENTS:
+            self._send(*wire)
+
+    def _send(self, kind: str, data: dict[str, object]) -> None:
+        channel = self._channel
+        if channel is not None and channel.readyState == "open":
+            channel.send(json.dumps({"type": kind, **data}, separators=(",", ":")))
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        if state in ("failed", "closed"):
+            await self.close()
+
+    async def close(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self.session.remove_listener(self._on_session_event)
+        self.audio.stop()
+        self.video.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
