@@ -67,6 +67,7 @@ class LiveSession:
     _backlog: deque[WireEvent] = field(default_factory=lambda: deque(maxlen=BACKLOG_EVENTS))
     _pump: asyncio.Task[None] | None = None
     _listeners: list[Callable[[object, WireEvent | None], None]] = field(default_factory=list)
+    _frames: deque[tuple[float, np.ndarray]] = field(default_factory=lambda: deque(maxlen=4))
     peer: Any = None
     """The session's WebRTC peer, when a client connected one (deployments/media/peer.py)."""
     _next_audio_pts_ms: float = 0.0
@@ -75,6 +76,18 @@ class LiveSession:
     @property
     def tenant(self) -> str:
         return self.kit.persona.tenant
+
+    def add_frame(self, frame: np.ndarray, pts_ms: float) -> None:
+        """A rendered frame for media time ``pts_ms`` (the latest few are kept)."""
+        self.frame = frame
+        self.frame_pts_ms = pts_ms
+        self._frames.append((pts_ms, frame))
+
+    def frame_near(self, t_ms: float) -> np.ndarray | None:
+        """The kept frame whose time is nearest ``t_ms`` (None before the first)."""
+        if not self._frames:
+            return None
+        return min(self._frames, key=lambda item: abs(item[0] - t_ms))[1]
 
     def start(self) -> None:
         self._pump = asyncio.create_task(self._run_pump(), name=f"pump-{self.session_id}")

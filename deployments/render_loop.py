@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class RenderLoop:
-    """Call :meth:`run` as a task; it renders while any session wants video."""
+    """Call :meth:`run` as a task; it renders while any session wants video.
+
+    ``lead_ms`` renders each frame for that much later than now (one frame interval in the
+    renderer), so a video track sending on its own frame grid finds a frame within half an
+    interval of its time instead of up to a whole interval old."""
 
     def __init__(
         self,
@@ -34,8 +38,10 @@ class RenderLoop:
         metrics: MetricsSink,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        lead_ms: float = 0.0,
     ) -> None:
         self._face_factory = face
+        self.lead_ms = lead_ms
         self._face: FaceRenderer | None = None
         self.interval_s = 1.0 / fps
         self._sessions = sessions
@@ -53,15 +59,14 @@ class RenderLoop:
         """Render one frame for each session of ``batch``; returns the step's milliseconds."""
         face = self.face()
         slots = [s.kit.avatar_slot for s in batch]
-        pts = [s.clock.now_ms() for s in batch]
+        pts = [s.clock.now_ms() + self.lead_ms for s in batch]
         params = np.stack([s.animator.sample(np.array([t]))[0] for s, t in zip(batch, pts,
                                                                                 strict=True)])
         start = self._now()
         frames = await asyncio.to_thread(face.render, slots, params)
         step_ms = 1000.0 * (self._now() - start)
         for session, frame, t in zip(batch, frames, pts, strict=True):
-            session.frame = frame
-            session.frame_pts_ms = t
+            session.add_frame(frame, t)
         self.frames_rendered += len(batch)
         self._metrics.render_batch(step_ms)
         return step_ms

@@ -73,8 +73,9 @@ class Renderer:
         self._mint = mint or (lambda: f"{replica_id}.{uuid.uuid4().hex}")
         self._kits = {name: self._kit(name, embedder) for name in config.personas}
         self._face_factory = face
-        self._loop = RenderLoop(self._make_face, config.models.render.fps,
-                                lambda: list(self.sessions.values()), self.metrics)
+        fps = config.models.render.fps
+        self._loop = RenderLoop(self._make_face, fps, lambda: list(self.sessions.values()),
+                                self.metrics, lead_ms=1000.0 / fps)
         self.sessions: dict[str, LiveSession] = {}
         self._reserved = 0
         self.draining = False

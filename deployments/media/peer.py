@@ -75,7 +75,7 @@ class MediaPeer:
         servers = [RTCIceServer(**s) for s in ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
         self.audio = AvatarAudioTrack(self.timeline, session.clock)
-        self.video = AvatarVideoTrack(lambda _t: session.frame, session.clock, fps=fps)
+        self.video = AvatarVideoTrack(session.frame_near, session.clock, fps=fps)
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: Any = None
         self.closed = asyncio.Event()

@@ -223,3 +223,17 @@ async def test_the_face_renderer_is_built_once_and_only_when_needed(vtime: Virtu
     await loop.render_once([session])
     await loop.render_once([session])
     assert len(built) == 1 and len(built[0].calls) == 2
+
+
+async def test_frames_are_rendered_ahead_and_the_nearest_one_is_shown(vtime: VirtualTime) -> None:
+    session = make_session(vtime, "a", slot=0)
+    face = FakeFace(vtime)
+    loop = RenderLoop(lambda: face, FPS, lambda: [session], MetricsSink(),
+                      monotonic=vtime.monotonic, lead_ms=125.0)
+    await loop.render_once([session])
+    first = session.frame
+    assert session.frame_pts_ms == session.clock.now_ms() + 125.0
+    assert session.frame_near(session.clock.now_ms()) is first
+    session.add_frame(np.ones_like(first), session.frame_pts_ms + 125.0)
+    assert session.frame_near(session.frame_pts_ms - 10.0) is session.frame
+    assert session.frame_near(session.frame_pts_ms - 100.0) is first
