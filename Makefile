@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml scripts/install.sh
 run: install  ## Start the avatar cluster on http://127.0.0.1:8000 (Ctrl-C stops it)
 	$(BIN)/avatarctl serve --config local
 
-test: install  ## Run unit + integration tests (no GPU tests)
-	$(BIN)/pytest -m "not gpu and not browser" -q
+test: install  ## Run unit, integration and browser tests (GPU tests need a GPU: make test-all)
+	$(BIN)/pytest -m "not gpu" -q
 
 test-all: install  ## Every test category that this machine can run
 	$(BIN)/pytest -q

@@ -1,33 +1,53 @@
-// Web client for one avatar session over the Gateway's plain HTTP API.
-// Text and microphone audio go up by POST; everything comes back over one Server-Sent-Events
-// stream; the face is a polled frame.jpg. No framework, no build step, no network but the Gateway.
+// Web client for one avatar session. Start creates the session over HTTP, then offers a WebRTC
+// peer connection to the session's renderer: the avatar's face and voice arrive as video and
+// audio tracks (kept in sync by RTP/RTCP on the session's media clock), the microphone goes up
+// as an audio track, and typed text, barge-in and the session's events travel on a data channel.
+// Without RTCPeerConnection, or when the offer fails, the page falls back to plain HTTP: the
+// Server-Sent-Events stream, a polled frame.jpg and Web Audio playback (typed text only).
+// No framework, no build step, no network but the Gateway.
 
 const API = '/v1/sessions';
-const MIC_RATE_HZ = 16000;        // what the page sends to /audio
-const MIC_CHUNK_SAMPLES = 1600;   // 100 ms at 16 kHz
-const MIC_QUEUE_MAX = 50;         // 5 s of unsent audio before the oldest chunk is dropped
-const FRAME_INTERVAL_MS = 75;     // ~13 fps frame polling
-const PLAYOUT_LEAD_S = 0.05;      // scheduling margin for the first chunk after a gap
-const DEFAULT_RETRY_S = 5;        // when a 503 has no usable Retry-After
+const GATHER_TIMEOUT_MS = 5000;    // offer what was gathered by then (aiortc has no trickle ICE)
+const RECONNECT_AFTER_MS = 3000;   // a peer disconnected or failed this long is replaced
+const CONNECT_TIMEOUT_MS = 10000;  // a new peer not connected by then is replaced too
+const MAX_RECONNECTS = 5;          // in a row; then the page gives up and says so
+const PING_EVERY_MS = 5000;        // data-channel round trip, shown in the HUD
+const ENERGY_POLL_MS = 100;        // Send -> first audio: how often inbound audio is checked
+const ENERGY_STEP = 1e-4;          // growth of totalAudioEnergy that counts as sound
+const CAPTION_CHARS_PER_S = 15;    // clauses arrive ahead of their audio: pace them by length
+const FRAME_INTERVAL_MS = 75;      // fallback: ~13 fps frame polling
+const PLAYOUT_LEAD_S = 0.05;       // fallback: scheduling margin for the first chunk after a gap
+const DEFAULT_RETRY_S = 5;         // when a 503 has no usable Retry-After
+const DEBUG_EVENTS = 200;          // events kept in window.avatarDebug
+const JSON_HEADERS = { 'Content-Type': 'application/json' };
+// `?mic=raw` asks for the microphone without echo cancellation, noise suppression and gain
+// control (for test rigs whose fake microphone those would attenuate).
+const RAW_MIC = new URLSearchParams(window.location?.search || '').get('mic') === 'raw';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  start: $('start'), stop: $('stop'), persona: $('persona'), status: $('status'), error: $('error'),
+  start: $('start'), stop: $('stop'), interrupt: $('interrupt'), persona: $('persona'),
+  status: $('status'), error: $('error'), video: $('video'), audio: $('audio'),
   avatar: $('avatar'), caption: $('caption'), transcript: $('transcript'), chat: $('chat'),
   state: $('state'), form: $('text-form'), text: $('text-input'), send: $('send'), mic: $('mic'),
   hudFirst: $('hud-first-audio'), hudFirstLabel: $('hud-first-audio-label'),
   hudRetrieval: $('hud-retrieval'), hudLlm: $('hud-llm'), hudClient: $('hud-client'),
+  hudRtt: $('hud-rtt'),
 };
 
-let session = null;      // {base, events, label} of the live session; loops holding an older
-                         // one end by themselves
+// The live session: {id, base, label, iceServers, mode: 'webrtc'|'http', pc, channel, mic,
+// watch, retries, peers, connected, ping, events}. Callbacks holding an older session or peer end by themselves.
+let session = null;
 let attempt = 0;         // bumped by Stop so that a Start still in flight is abandoned
 let retryTimer = null;   // the 503 countdown
+let micWanted = false;   // the Mic toggle; applies at Start or re-offers a live peer
 let typedEcho = null;    // typed text the server will echo back as a final transcript
 let replyItem = null;    // the chat entry of the avatar reply growing with text_delta
-let sendAt = null;       // {ms, after}: time of the last Send and the newest turn heard then
-let micState = null;     // {stream, nodes, down, pending, queue, sending} while the mic is on
-const clauses = new Map();  // clause index -> text, captioned when its audio starts
+let lastReply = null;    // {item, turnId} of the last finished reply (it may still be playing)
+let sendAt = null;       // {ms, after, watching}: the last Send, for the HUD
+let captionFreeAt = 0;   // when the caption queue is free again (performance.now() ms)
+const recent = [];       // the last DEBUG_EVENTS events, for window.avatarDebug
+const clauses = new Map();  // fallback: clause index -> text, captioned when its audio starts
 const player = {
   ctx: null, playhead: 0, sources: new Set(), timers: new Set(), dropUpTo: 0, lastTurn: 0,
 };
@@ -36,12 +56,13 @@ const player = {
 const setStatus = (text) => { ui.status.textContent = text; };
 const squash = (s) => String(s ?? '').replace(/\s+/g, ' ').trim();
 const showError = (text) => Object.assign(ui.error, { textContent: text, hidden: !text });
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
 function setConnected(on) {
   ui.start.disabled = on;
   ui.stop.disabled = !on;
   ui.persona.disabled = on;
-  for (const el of [ui.text, ui.send, ui.mic]) el.disabled = !on;
+  for (const el of [ui.text, ui.send, ui.interrupt]) el.disabled = !on;
 }
 
 function setMicButton(on) {
@@ -73,20 +94,25 @@ async function errorText(res) {
   return `HTTP ${res.status} ${res.statusText || ''}`.trim();
 }
 
-// A failed call on the session: 404/410 mean the session is gone; other errors are shown.
+// 404/410 mean the session is gone: the page resets. Returns whether it was gone.
+function ended(status, msg) {
+  if (status !== 404 && status !== 410) return false;
+  stop({ remote: false });
+  showError(`Session ended: ${msg}`);
+  return true;
+}
+
 async function failed(res, what) {
   const msg = await errorText(res);
-  if (res.status === 404 || res.status === 410) stop({ remote: false });
-  showError(res.status === 404 || res.status === 410 ? `Session ended: ${msg}` : `${what}: ${msg}`);
+  if (!ended(res.status, msg)) showError(`${what}: ${msg}`);
 }
 
 // ------------------------------------------------------------------------------ session
-// Start: POST /v1/sessions, then open the event stream and the frame loop.
+// Start: POST /v1/sessions, then a peer connection (or the HTTP fallback).
 async function start() {
   clearRetry();
   showError('');
   setStatus('Connecting…');
-  ensureAudio();  // created inside the click, so the browser lets it play
   ui.start.disabled = true;
   ui.stop.disabled = false;
   const mine = ++attempt;
@@ -94,8 +120,7 @@ async function start() {
   let res;
   try {
     res = await fetch(API, {
-      method: 'POST', headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ persona, video: true }),
+      method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ persona, video: true }),
     });
   } catch (err) {
     if (mine === attempt) retryLater(DEFAULT_RETRY_S, `Cannot reach the server (${err.message})`);
@@ -118,16 +143,25 @@ async function start() {
     return showError(await errorText(res));
   }
   const info = await res.json();
-  const label = `Connected to ${info.persona || 'the avatar'}.`;
-  session = { base: `${API}/${encodeURIComponent(info.session_id)}`, events: null, label };
+  const s = {
+    id: info.session_id, base: `${API}/${encodeURIComponent(info.session_id)}`,
+    label: `Connected to ${info.persona || 'the avatar'}.`, iceServers: info.ice_servers || [],
+    mode: 'webrtc', pc: null, channel: null, mic: null, watch: null, retries: 0, peers: 0,
+    connected: false,
+  };
+  session = s;
   Object.assign(player, { dropUpTo: 0, playhead: 0, lastTurn: 0 });
   clauses.clear();
-  typedEcho = replyItem = sendAt = null;
+  typedEcho = replyItem = lastReply = sendAt = null;
   setConnected(true);
-  setStatus(label);
+  setStatus('Connecting media…');
   if (info.greeting) addChat('avatar', info.greeting);
-  openEvents(session);
-  frameLoop(session);
+  if (!window.RTCPeerConnection) return startFallback(s, 'this browser has no WebRTC');
+  try {
+    await connectPeer(s);
+  } catch (err) {
+    if (session === s && !ended(err.status, err.message)) startFallback(s, err.message);
+  }
 }
 
 // 503 (or no server): count down visibly, then try again; Stop cancels.
@@ -147,24 +181,231 @@ const clearRetry = () => { clearTimeout(retryTimer); retryTimer = null; };
 const deleteSession = (base) =>
   fetch(base, { method: 'DELETE', keepalive: true }).catch(() => {});
 
-// Stop: close the stream, end loops, mic and sound, and DELETE the session on the server.
+// Stop: close the peer (or stream), release the microphone, DELETE the session.
 function stop({ remote = true } = {}) {
   clearRetry();
   attempt++;
   const s = session;
   session = null;
-  stopMic();
   stopPlayback();
   setConnected(false);
   setState('idle');
   setStatus('Stopped. Press Start to talk again.');
   if (!s) return;
+  closePeer(s);
+  releaseMic(s);
+  clearInterval(s.ping);
   s.events?.close();
   if (remote) deleteSession(s.base);
 }
 
+// ------------------------------------------------------------------------------ WebRTC
+// A new peer for session `s` (first connect, reconnect, microphone toggled): the server
+// replaces the session's old peer when it answers this one's offer.
+async function connectPeer(s) {
+  closePeer(s);
+  const pc = new RTCPeerConnection({ iceServers: s.iceServers });
+  s.pc = pc;
+  s.peers += 1;
+  const live = () => session === s && s.pc === pc;
+  pc.addEventListener('track', (ev) => { if (live()) showTrack(ev.track); });
+  pc.addEventListener('connectionstatechange', () => { if (live()) peerState(s, pc); });
+  const mic = micWanted ? await openMic(s) : null;
+  if (!live()) {
+    if (session !== s) releaseMic(s);  // stopped while the browser asked for the microphone
+    return;
+  }
+  if (mic) for (const track of mic.getAudioTracks()) pc.addTrack(track, mic);
+  else pc.addTransceiver('audio', { direction: 'recvonly' });
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  openChannel(s, pc, pc.createDataChannel('events'));
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc, GATHER_TIMEOUT_MS);
+  if (!live()) return;
+  const res = await fetch(`${s.base}/offer`, {
+    method: 'POST', headers: JSON_HEADERS,
+    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+  });
+  if (!res.ok) throw Object.assign(new Error(await errorText(res)), { status: res.status });
+  const answer = await res.json();
+  if (!live()) return;
+  await pc.setRemoteDescription(answer);
+  watch(s, pc, CONNECT_TIMEOUT_MS);
+}
+
+// Resolves when ICE gathering is complete (or after `ms`): the offer must carry every candidate.
+function gathered(pc, ms) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((ok) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', onState);
+      pc.removeEventListener('icecandidate', onCandidate);
+      ok();
+    };
+    const onState = () => { if (pc.iceGatheringState === 'complete') done(); };
+    const onCandidate = (ev) => { if (!ev.candidate) done(); };
+    const timer = setTimeout(done, ms);
+    pc.addEventListener('icegatheringstatechange', onState);
+    pc.addEventListener('icecandidate', onCandidate);
+  });
+}
+
+function closePeer(s) {
+  clearTimeout(s.watch);
+  s.watch = null;
+  const pc = s.pc;
+  s.pc = s.channel = null;
+  if (pc) try { pc.close(); } catch { /* already closed */ }
+}
+
+function showTrack(track) {
+  const el = track.kind === 'video' ? ui.video : ui.audio;
+  el.srcObject = new MediaStream([track]);
+  el.play?.()?.catch?.(() => {});  // autoplay needs the Start click; a refusal is not fatal
+}
+
+// Connected: all good. Disconnected or failed for RECONNECT_AFTER_MS: a new peer.
+function peerState(s, pc) {
+  const state = pc.connectionState;
+  if (state === 'connected') {
+    clearTimeout(s.watch);
+    s.watch = null;
+    s.retries = 0;
+    s.connected = true;
+    setStatus(s.label);
+  } else if ((state === 'disconnected' || state === 'failed') && !s.watch) {
+    setStatus('Connection lost, reconnecting…');
+    watch(s, pc, RECONNECT_AFTER_MS);
+  }
+}
+
+// A peer that never connected falls back to plain HTTP (UDP blocked and no TURN server, say);
+// one that did connect before is replaced.
+function watch(s, pc, ms) {
+  clearTimeout(s.watch);
+  s.watch = setTimeout(() => {
+    s.watch = null;
+    if (session !== s || s.pc !== pc || pc.connectionState === 'connected') return;
+    if (s.connected) reconnect(s);
+    else startFallback(s, 'the media connection did not open');
+  }, ms);
+}
+
+async function reconnect(s) {
+  if (++s.retries > MAX_RECONNECTS) {
+    stop();
+    return showError('The media connection was lost; press Start for a new session.');
+  }
+  setStatus('Reconnecting media…');
+  try {
+    await connectPeer(s);
+  } catch (err) {
+    if (session !== s || ended(err.status, err.message)) return;
+    setStatus(`Reconnecting failed (${err.message}), retrying…`);
+    const pc = s.pc;
+    s.watch = setTimeout(() => { s.watch = null; if (s.pc === pc) reconnect(s); },
+      RECONNECT_AFTER_MS);
+  }
+}
+
+// The client creates the data channel (the server uses it): JSON both ways.
+function openChannel(s, pc, channel) {
+  s.channel = channel;
+  channel.addEventListener('open', () => {
+    clearInterval(s.ping);
+    const ping = () => send(s, { type: 'ping', t: performance.now() });
+    ping();
+    s.ping = setInterval(ping, PING_EVERY_MS);
+  });
+  channel.addEventListener('message', (ev) => {
+    if (session !== s || s.pc !== pc) return;
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch { return; }
+    if (msg && typeof msg.type === 'string') onEvent(msg.type, msg);
+  });
+}
+
+// Sends a message on the data channel; false when it is not open (reconnecting).
+function send(s, msg) {
+  if (s.channel?.readyState !== 'open') return false;
+  s.channel.send(JSON.stringify(msg));
+  return true;
+}
+
+async function openMic(s) {
+  if (s.mic?.getAudioTracks().some((t) => t.readyState === 'live')) return s.mic;
+  try {
+    s.mic = await navigator.mediaDevices.getUserMedia(micConstraints(RAW_MIC));
+    return s.mic;
+  } catch (err) {
+    micWanted = false;
+    setMicButton(false);
+    showError(`Microphone unavailable: ${err.message}`);
+    return null;
+  }
+}
+
+function micConstraints(raw) {
+  const dsp = !raw;
+  return { audio: { channelCount: 1, echoCancellation: dsp, noiseSuppression: dsp,
+    autoGainControl: dsp } };
+}
+
+function releaseMic(s) {
+  for (const track of s.mic?.getTracks() || []) track.stop();
+  s.mic = null;
+}
+
+// The Mic button: before Start it only sets the wish; during a session it re-offers.
+async function toggleMic() {
+  micWanted = !micWanted;
+  setMicButton(micWanted);
+  const s = session;
+  if (!s) return;
+  if (s.mode !== 'webrtc') {
+    micWanted = false;
+    setMicButton(false);
+    return showError('The microphone needs WebRTC, which this connection does not have.');
+  }
+  if (!micWanted) releaseMic(s);
+  s.retries = 0;
+  await reconnect(s);
+}
+
+// Inbound media counters of the current peer (tests and the HUD read them).
+async function mediaStats(pc) {
+  const out = { audioEnergy: 0, audioLevel: 0, framesDecoded: 0, fps: 0,
+    connection: pc ? pc.connectionState : 'none' };
+  if (!pc) return out;
+  (await pc.getStats()).forEach((r) => {
+    if (r.type !== 'inbound-rtp') return;
+    if (r.kind === 'audio') {
+      out.audioEnergy += r.totalAudioEnergy || 0;
+      out.audioLevel = Math.max(out.audioLevel, r.audioLevel || 0);
+    } else if (r.kind === 'video') {
+      out.framesDecoded += r.framesDecoded || 0;
+      out.fps = Math.max(out.fps, r.framesPerSecond || 0);
+    }
+  });
+  return out;
+}
+
+// HUD: Send -> first reply audio heard, from the inbound audio energy once a clause is near.
+async function watchFirstAudio(s, mark) {
+  const energy = async () => (await mediaStats(s.pc)).audioEnergy;
+  const base = await energy();
+  while (session === s && sendAt === mark && performance.now() - mark.ms < 30000) {
+    await sleep(ENERGY_POLL_MS);
+    if (sendAt === mark && (await energy()) - base > ENERGY_STEP) {
+      ui.hudClient.textContent = String(Math.round(performance.now() - mark.ms));
+      sendAt = null;
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------ events
-// One handler per SSE event type of the Gateway (`event: <type>` + `data: <json>`).
+// One handler per event type, from the data channel or (fallback) the SSE stream.
 const handlers = {
   transcript(d) {
     ui.transcript.textContent = d.text;
@@ -177,12 +418,21 @@ const handlers = {
     replyItem ??= addChat('avatar', '');
     replyItem.querySelector('.text').textContent += d.text;
   },
-  clause(d) { clauses.set(d.index, d.text); },
+  clause(d) {
+    if (session?.mode === 'http') return clauses.set(d.index, d.text);
+    queueCaption(d.text);
+    if (sendAt && !sendAt.watching) {
+      sendAt.watching = true;
+      watchFirstAudio(session, sendAt);
+    }
+  },
   state(d) { setState(d.state); },
   audio(d) { playChunk(d); },
   interrupt(d) {
     dropTurn(d.turn_id);  // barge-in: silence now
-    replyItem?.classList.add('interrupted');
+    // The reply may be fully generated and still playing out: mark that one then.
+    const item = replyItem ?? (lastReply?.turnId === d.turn_id ? lastReply.item : null);
+    item?.classList.add('interrupted');
   },
   turn_end(d) {
     if (d.reply) {  // what was actually said (and kept in the conversation's history)
@@ -191,32 +441,38 @@ const handlers = {
     }
     if (d.refused) replyItem?.classList.add('refused');
     if (d.interrupted) replyItem?.classList.add('interrupted');
+    lastReply = replyItem ? { item: replyItem, turnId: d.turn_id } : null;
     replyItem = null;
     showMarks(d.marks_ms || {});
     const left = player.ctx ? (player.playhead - player.ctx.currentTime) * 1000 : 0;
-    later(Math.max(0, left), () => { ui.caption.textContent = ''; });  // once it has been said
+    const ahead = Math.max(left, captionFreeAt - performance.now());
+    later(Math.max(0, ahead), () => { ui.caption.textContent = ''; });  // once it was said
   },
   error(d) { showError(d.message); },
+  pong(d) {
+    if (Number.isFinite(d.t)) ui.hudRtt.textContent = String(Math.round(performance.now() - d.t));
+  },
+  closed() {
+    stop({ remote: false });
+    showError('The session ended; press Start for a new one.');
+  },
 };
 
-function openEvents(s) {
-  const es = new EventSource(`${s.base}/events`);
-  s.events = es;
-  es.onopen = () => { if (session === s) setStatus(s.label); };  // also after a reconnect
-  for (const [type, handle] of Object.entries(handlers)) {
-    es.addEventListener(type, (ev) => {
-      if (session !== s) return;
-      // `error` is also EventSource's own connection-error event, which carries no data.
-      if (type === 'error' && ev.data === undefined) return connectionError(es);
-      try { handle(JSON.parse(ev.data)); } catch (err) { console.error(type, err); }
-    });
-  }
+function onEvent(type, data) {
+  recent.push({ ...data, type });
+  if (recent.length > DEBUG_EVENTS) recent.splice(0, recent.length - DEBUG_EVENTS);
+  const handle = handlers[type];
+  if (!handle) return;
+  try { handle(data); } catch (err) { console.error(type, err); }
 }
 
-function connectionError(es) {
-  if (es.readyState !== EventSource.CLOSED) return setStatus('Connection lost, reconnecting…');
-  stop({ remote: false });
-  showError('The event stream closed; press Start to open a new session.');
+// The data channel runs ahead of the audio (speech is synthesized faster than real time), so
+// each clause is captioned after the previous one had time to be spoken (estimated by length).
+function queueCaption(text) {
+  const now = performance.now();
+  const at = Math.max(now, captionFreeAt);
+  captionFreeAt = at + (1000 * text.length) / CAPTION_CHARS_PER_S;
+  later(at - now, () => { ui.caption.textContent = text; });
 }
 
 // HUD: the latest turn's server marks (ms on the session's media clock), as durations.
@@ -229,9 +485,70 @@ function showMarks(m) {
   ui.hudLlm.textContent = diff('llm_first_token', 'asr_final');
 }
 
-// ------------------------------------------------------------------------------ avatar frames
-// Polls frame.jpg one request at a time at ~13 fps; each frame gets an object URL and the
-// previous one is revoked, so memory stays flat.
+// ------------------------------------------------------------------------------ text, barge-in
+async function sendText(ev) {
+  ev.preventDefault();
+  const text = ui.text.value.trim();
+  const s = session;
+  if (!text || !s) return;
+  ui.text.value = '';
+  addChat('user', text);
+  typedEcho = squash(text);
+  sendAt = { ms: performance.now(), after: player.lastTurn, watching: false };
+  ui.hudClient.textContent = '…';
+  if (send(s, { type: 'text', text })) return;
+  try {  // no open data channel (fallback, or a peer being replaced): plain HTTP
+    const res = await fetch(`${s.base}/text`, {
+      method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ text }),
+    });
+    if (!res.ok) {
+      typedEcho = sendAt = null;
+      await failed(res, 'Sending text failed');
+    }
+  } catch (err) {
+    showError(`Sending text failed: ${err.message}`);
+  }
+}
+
+function interrupt() {
+  const s = session;
+  if (!s || send(s, { type: 'interrupt' })) return;
+  fetch(`${s.base}/interrupt`, { method: 'POST' }).catch(() => {});
+}
+
+// ------------------------------------------------------------------------------ fallback
+// Plain HTTP: events over SSE, the face as polled JPEGs, the voice scheduled with Web Audio.
+function startFallback(s, why) {
+  closePeer(s);
+  releaseMic(s);
+  s.mode = 'http';
+  micWanted = false;
+  setMicButton(false);
+  ui.video.hidden = true;
+  ui.avatar.hidden = false;
+  setStatus(`${s.label} (without WebRTC: ${why})`);
+  ensureAudio();
+  const es = new EventSource(`${s.base}/events`);
+  s.events = es;
+  es.onopen = () => { if (session === s) setStatus(s.label); };  // also after a reconnect
+  for (const type of Object.keys(handlers)) {
+    es.addEventListener(type, (ev) => {
+      if (session !== s) return;
+      // `error` is also EventSource's own connection-error event, which carries no data.
+      if (type === 'error' && ev.data === undefined) return streamError(es);
+      try { onEvent(type, JSON.parse(ev.data)); } catch (err) { console.error(type, err); }
+    });
+  }
+  frameLoop(s);
+}
+
+function streamError(es) {
+  if (es.readyState !== EventSource.CLOSED) return setStatus('Connection lost, reconnecting…');
+  stop({ remote: false });
+  showError('The event stream closed; press Start to open a new session.');
+}
+
+// Polls frame.jpg one request at a time; each frame's object URL is revoked when replaced.
 async function frameLoop(s) {
   let shown = null;
   while (session === s) {
@@ -250,12 +567,10 @@ async function frameLoop(s) {
         }
       } catch { /* a transient network error: try the next frame */ }
     }
-    const wait = Math.max(0, FRAME_INTERVAL_MS - (performance.now() - began));
-    await new Promise((ok) => setTimeout(ok, wait));
+    await sleep(Math.max(0, FRAME_INTERVAL_MS - (performance.now() - began)));
   }
 }
 
-// ------------------------------------------------------------------------------ playback
 function ensureAudio() {
   const Ctx = window.AudioContext || window.webkitAudioContext;
   if (!player.ctx && Ctx) player.ctx = new Ctx();
@@ -299,7 +614,7 @@ function playChunk(d) {
   player.lastTurn = Math.max(player.lastTurn, d.turn_id);
 }
 
-// A timer that barge-in cancels together with the audio it belongs to.
+// A timer that barge-in cancels together with the audio and captions it belongs to.
 function later(ms, fn) {
   const t = setTimeout(() => { player.timers.delete(t); fn(); }, ms);
   player.timers.add(t);
@@ -317,157 +632,24 @@ function stopPlayback() {
   player.sources.clear();
   player.timers.clear();
   player.playhead = 0;
+  captionFreeAt = 0;
   ui.caption.textContent = '';
-}
-
-// ------------------------------------------------------------------------------ text input
-async function sendText(ev) {
-  ev.preventDefault();
-  const text = ui.text.value.trim();
-  const s = session;
-  if (!text || !s) return;
-  ui.text.value = '';
-  addChat('user', text);
-  typedEcho = squash(text);
-  sendAt = { ms: performance.now(), after: player.lastTurn };
-  ui.hudClient.textContent = '…';
-  try {
-    const res = await fetch(`${s.base}/text`, {
-      method: 'POST', headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ text }),
-    });
-    if (!res.ok) {
-      typedEcho = sendAt = null;
-      await failed(res, 'Sending text failed');
-    }
-  } catch (err) {
-    showError(`Sending text failed: ${err.message}`);
-  }
-}
-
-// ------------------------------------------------------------------------------ microphone
-// Runs on the audio thread: forwards the first input channel in 1024-sample batches.
-const TAP_WORKLET = `registerProcessor('pcm-tap', class extends AudioWorkletProcessor {
-  constructor() { super(); this.buf = new Float32Array(1024); this.n = 0; }
-  process(inputs) {
-    const ch = inputs[0] && inputs[0][0];
-    for (let i = 0; ch && i < ch.length; i++) {
-      this.buf[this.n++] = ch[i];
-      if (this.n === this.buf.length) { this.port.postMessage(this.buf.slice()); this.n = 0; }
-    }
-    return true;
-  }
-});`;
-
-// Streaming downsampler from the context's rate to 16 kHz: each output sample is the mean of
-// the input samples it spans (a box low-pass), written as PCM16 integers.
-function makeDownsampler(inRate) {
-  const ratio = inRate / MIC_RATE_HZ;
-  let rest = new Float32Array(0);
-  let pos = 0;
-  return (input) => {
-    const data = new Float32Array(rest.length + input.length);
-    data.set(rest);
-    data.set(input, rest.length);
-    const out = [];
-    for (; pos + ratio <= data.length; pos += ratio) {
-      const a = Math.floor(pos);
-      const b = Math.max(a + 1, Math.floor(pos + ratio));
-      let sum = 0;
-      for (let i = a; i < b; i++) sum += data[i];
-      out.push(Math.round(Math.max(-1, Math.min(1, sum / (b - a))) * 32767));
-    }
-    const keep = Math.floor(pos);
-    rest = data.slice(keep);
-    pos -= keep;
-    return out;
-  };
-}
-
-async function startMic() {
-  const ctx = ensureAudio();
-  if (!ctx || !navigator.mediaDevices?.getUserMedia) {
-    return showError('This browser gives no access to a microphone.');
-  }
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
-    });
-  } catch (err) {
-    return showError(`Microphone unavailable: ${err.message}`);
-  }
-  const state = { stream, down: makeDownsampler(ctx.sampleRate), pending: [], queue: [] };
-  const onSamples = (f32) => collect(state, f32);
-  let tap;
-  try {
-    if (!player.tapModule) {  // a processor name registers once per AudioContext
-      const url = URL.createObjectURL(new Blob([TAP_WORKLET], { type: 'text/javascript' }));
-      player.tapModule = ctx.audioWorklet.addModule(url).finally(() => URL.revokeObjectURL(url));
-    }
-    await player.tapModule;
-    tap = new AudioWorkletNode(ctx, 'pcm-tap');
-    tap.port.onmessage = (e) => onSamples(e.data);
-  } catch {  // no AudioWorklet: ScriptProcessor on the main thread
-    tap = ctx.createScriptProcessor(4096, 1, 1);
-    tap.onaudioprocess = (e) => onSamples(e.inputBuffer.getChannelData(0).slice());
-  }
-  const source = ctx.createMediaStreamSource(stream);
-  const mute = ctx.createGain();  // keeps the tap pulled by the graph without a sound
-  mute.gain.value = 0;
-  source.connect(tap).connect(mute).connect(ctx.destination);
-  state.nodes = [source, tap, mute];
-  micState = state;
-  setMicButton(true);
-}
-
-// Downsample, cut into 100 ms chunks, queue them for the sequential sender.
-function collect(state, f32) {
-  if (micState !== state) return;
-  state.pending.push(...state.down(f32));
-  while (state.pending.length >= MIC_CHUNK_SAMPLES) {
-    state.queue.push(Int16Array.from(state.pending.splice(0, MIC_CHUNK_SAMPLES)));
-    if (state.queue.length > MIC_QUEUE_MAX) state.queue.shift();
-  }
-  pump(state);
-}
-
-// POSTs queued chunks one after another, never two at once, so they arrive in order.
-async function pump(state) {
-  if (state.sending) return;
-  state.sending = true;
-  while (state.queue.length && session) {
-    const url = `${session.base}/audio?sample_rate_hz=${MIC_RATE_HZ}`;
-    try {
-      const res = await fetch(url, {
-        method: 'POST', headers: { 'Content-Type': 'application/octet-stream' },
-        body: state.queue.shift().buffer,
-      });
-      if (!res.ok) { await failed(res, 'Sending audio failed'); break; }
-    } catch (err) {
-      showError(`Sending audio failed: ${err.message}`);
-      break;
-    }
-  }
-  state.sending = false;
-}
-
-function stopMic() {
-  const state = micState;
-  micState = null;
-  setMicButton(false);
-  if (!state) return;
-  for (const n of state.nodes) n.disconnect();
-  for (const t of state.stream.getTracks()) t.stop();
-  if (state.pending.length) {  // send the last partial chunk
-    state.queue.push(Int16Array.from(state.pending.splice(0)));
-    pump(state);
-  }
 }
 
 // ------------------------------------------------------------------------------ wiring
 ui.start.addEventListener('click', () => start());
 ui.stop.addEventListener('click', () => stop());
+ui.interrupt.addEventListener('click', () => interrupt());
 ui.form.addEventListener('submit', sendText);  // Enter in the text box submits the form
-ui.mic.addEventListener('click', () => (micState ? stopMic() : startMic()));
+ui.mic.addEventListener('click', () => toggleMic());
 window.addEventListener('pagehide', () => { if (session) stop(); });
+
+// For diagnostics and browser tests; reads only.
+window.avatarDebug = {
+  get state() { return ui.state.dataset.state; },
+  get session_id() { return session?.id ?? null; },
+  get mode() { return session?.mode ?? null; },
+  get peers() { return session?.peers ?? 0; },  // peer connections made for this session
+  events: recent,
+  stats: () => mediaStats(session?.pc ?? null),
+};

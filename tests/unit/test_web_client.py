@@ -1,8 +1,10 @@
-"""The browser client in deployments/web: its markup, its use of the HTTP API, and (where
-Node.js is installed) its behaviour against a fake DOM, fetch, EventSource and Web Audio."""
+"""The browser client in deployments/web: its markup, its use of the HTTP API and the WebRTC
+signalling, and (where Node.js is installed) its behaviour against a fake DOM, fetch,
+RTCPeerConnection, data channel, EventSource and Web Audio."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -15,15 +17,26 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-WEB = Path(__file__).resolve().parents[2] / "deployments" / "web"
+ROOT = Path(__file__).resolve().parents[2]
+WEB = ROOT / "deployments" / "web"
 INDEX, APP, STYLE = WEB / "index.html", WEB / "app.js", WEB / "style.css"
+PEER = ROOT / "deployments" / "media" / "peer.py"
 
-# Every Server-Sent-Events type of the Gateway's /events stream (docs: the HTTP API).
+# Server-Sent-Events types of the Gateway's /events stream (the fallback path).
 SSE_EVENT_TYPES = (
     "transcript", "text_delta", "clause", "state", "audio", "interrupt", "turn_end", "error",
 )
-CONTROLS = ("start", "stop", "text-input", "send", "mic")
+CONTROLS = ("start", "stop", "interrupt", "text-input", "send", "mic")
 NODE = shutil.which("node")
+
+
+def _channel_events() -> tuple[str, ...]:
+    """CHANNEL_EVENTS of deployments/media/peer.py, read without importing aiortc."""
+    for node in ast.parse(PEER.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(
+                getattr(t, "id", None) == "CHANNEL_EVENTS" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise AssertionError("deployments/media/peer.py has no CHANNEL_EVENTS")
 
 
 class _Page(HTMLParser):
@@ -90,15 +103,25 @@ def test_page_has_every_control_with_a_label(page: _Page) -> None:
         assert control in page.by_id, f"missing control #{control}"
     assert page.by_id["text-input"][0] == "input"
     assert "text-input" in page.label_for, "the text box needs a <label for=...>"
-    for button in ("start", "stop", "send", "mic"):
+    for button in ("start", "stop", "interrupt", "send", "mic"):
         assert page.by_id[button][0] == "button"
         assert page.button_text[button], f"button #{button} needs visible text"
     # Enter sends: the text box and Send live in one form whose Send is a submit button.
     assert page.by_id["text-form"][0] == "form"
     assert page.by_id["send"][1].get("type") == "submit"
-    for region in ("avatar", "caption", "transcript", "chat", "state", "error", "status"):
+    for region in ("video", "audio", "avatar", "caption", "transcript", "chat", "state",
+                   "error", "status", "hud-rtt"):
         assert region in page.by_id, f"missing #{region}"
-    assert page.by_id["avatar"][1].get("alt"), "the avatar image needs alt text"
+    assert page.by_id["avatar"][1].get("alt"), "the fallback image needs alt text"
+
+
+def test_remote_media_elements_play_inline_without_a_second_click(page: _Page) -> None:
+    tag, video = page.by_id["video"]
+    assert tag == "video" and {"autoplay", "playsinline"} <= set(video)
+    assert video.get("aria-label"), "the avatar video needs an accessible name"
+    tag, audio = page.by_id["audio"]
+    # Chromium reports inbound audio (and plays it) only through a media element.
+    assert tag == "audio" and "autoplay" in audio and "muted" not in audio
 
 
 def test_every_element_the_script_looks_up_exists(page: _Page, js: str) -> None:
@@ -113,26 +136,49 @@ def test_nothing_is_loaded_from_another_host() -> None:
         assert not re.search(r"https?://", text), f"{f.name} names an external URL"
         assert not re.search(r"""(src|href)\s*=\s*["']//""", text), f"{f.name}: protocol-relative"
         assert "@import" not in text
+        assert not re.search(r"stun:|turn:", text), f"{f.name} hard-codes an ICE server"
 
 
 # --- use of the API ------------------------------------------------------------------------
 
 
 def test_script_calls_every_endpoint_it_needs(js: str) -> None:
-    for endpoint in ("'/v1/sessions'", "/text`", "/audio?sample_rate_hz=", "/events`",
+    for endpoint in ("'/v1/sessions'", "/offer`", "/text`", "/interrupt`", "/events`",
                      "/frame.jpg`"):
         assert endpoint in js, endpoint
     assert re.search(r"method:\s*'DELETE'", js)
     assert re.search(r"method:\s*'POST'", js)
     assert "Retry-After" in js
+    assert "info.ice_servers" in js, "the peer must use the session's ICE servers"
+
+
+def test_offer_has_audio_video_and_the_clients_data_channel(js: str) -> None:
+    assert "createDataChannel('events')" in js
+    assert "addTransceiver('video', { direction: 'recvonly' })" in js
+    assert "addTransceiver('audio', { direction: 'recvonly' })" in js
+    assert "addTrack(" in js
+    # aiortc has no trickle ICE: the offer goes out after gathering completes.
+    assert "iceGatheringState === 'complete'" in js
+    assert re.search(r"if \(!ev\.candidate\)", js)
+
+
+def test_client_sends_only_message_types_the_server_accepts(js: str) -> None:
+    sent = set(re.findall(r"send\(s, \{ type: '(\w+)'", js))
+    assert sent == {"text", "interrupt", "ping"}
+    accepted = set(re.findall(r'kind == "(\w+)"', PEER.read_text(encoding="utf-8")))
+    assert sent <= accepted
 
 
 def test_script_handles_every_event_type(js: str) -> None:
     block = re.search(r"const handlers = \{(.*?)\n\};", js, re.S)
-    assert block, "app.js keeps its SSE handlers in `const handlers = {...}`"
-    for event in SSE_EVENT_TYPES:
+    assert block, "app.js keeps its event handlers in `const handlers = {...}`"
+    for event in {*SSE_EVENT_TYPES, *_channel_events(), "pong"}:
         assert re.search(rf"^\s*{event}\s*[(:]", block.group(1), re.M), f"no handler for {event}"
-    assert "es.addEventListener(type" in js
+
+
+def test_microphone_asks_for_echo_cancellation(js: str) -> None:
+    for name in ("echoCancellation", "noiseSuppression", "autoGainControl"):
+        assert f"{name}: dsp" in js, name
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")
@@ -157,37 +203,64 @@ def run(page: _Page, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads(done.stdout)
 
 
+def test_mic_toggle_works_before_start_without_opening_the_microphone(run: dict) -> None:
+    assert run["mic_before_start"] == ["true", "false"]
+    assert run["gum_before_start"] == 0
+
+
 def test_busy_cluster_counts_down_from_retry_after_then_retries(run: dict) -> None:
     assert run["busy"] == ["All avatars are busy, retrying in 3 s",
                            "All avatars are busy, retrying in 2 s"]
     assert run["session_posts"] == 2
     assert run["start_body"] == {"persona": None, "video": True}
-    assert run["events_url"] == "/v1/sessions/s1/events"
     assert run["greeting"] == "Avatar Hello, how can I help?"
-    assert run["connected_controls"] == {"start": True, "stop": False, "send": False, "mic": False}
 
 
-def test_frames_are_polled_one_at_a_time_and_old_urls_revoked(run: dict) -> None:
-    assert run["frame_fetches_while_pending"] == 1
-    assert run["frame_src"] == "blob:2"
-    assert run["revoked"][:1] == ["blob:1"]
+def test_offer_waits_for_ice_gathering_and_uses_the_sessions_ice_servers(run: dict) -> None:
+    rtc = run["rtc"]
+    assert rtc["ice_servers"] == [{"urls": ["stun:stun.example.org:3478"]}]
+    assert rtc["transceivers"] == [["audio", "recvonly"], ["video", "recvonly"]]
+    assert rtc["tracks"] == []
+    assert rtc["channels"] == ["events"]
+    assert rtc["offers_while_gathering"] == 0
+    assert rtc["offer"] == {"url": "/v1/sessions/s1/offer",
+                            "body": {"sdp": "v=0 offer a=candidate", "type": "offer"}}
+    assert rtc["remote"] == {"type": "answer", "sdp": "v=0 answer"}
+    assert rtc["status_before"] == "Connecting media…"
+    assert rtc["status_connected"] == "Connected to clinic."
+    assert rtc["controls"] == {"start": True, "stop": False, "interrupt": False, "send": False,
+                               "mic": False}
 
 
-def test_typed_turn_shows_once_and_reply_grows(run: dict) -> None:
-    assert run["text_post"] == {"url": "/v1/sessions/s1/text",
-                                "body": {"text": "When do you open?"}}
-    assert run["user_entries"] == ["When do you open?"]
-    assert run["reply_while_streaming"] == "We open"
-    assert run["reply"] == "We open at nine."
-    assert run["badge"] == ["thinking", "thinking"]
+def test_remote_tracks_go_to_the_video_and_audio_elements(run: dict) -> None:
+    assert run["media"] == {"video": ["v1"], "audio": ["a1"], "played": True}
 
 
-def test_audio_is_scheduled_gaplessly_and_captioned_when_heard(run: dict) -> None:
-    assert run["starts"] == pytest.approx([1.05, 1.15])
-    assert run["first_sample"] == pytest.approx(1000 / 32768)
-    assert run["caption_before"] == ""
-    assert run["caption_after"] == "We open at nine."
-    assert run["client_ms"] == "250"  # Send at t=0 ms, audio due at 200 + 50 ms
+def test_data_channel_pings_and_the_hud_shows_the_round_trip(run: dict) -> None:
+    assert run["ping"]["type"] == "ping" and isinstance(run["ping"]["t"], (int, float))
+    assert run["rtt"] == "40"
+
+
+def test_typed_turn_goes_over_the_data_channel_and_reply_grows(run: dict) -> None:
+    turn = run["turn"]
+    assert turn["sent"] == {"type": "text", "text": "When do you open?"}
+    assert turn["text_posts"] == 0
+    assert turn["user_entries"] == ["When do you open?"]
+    assert turn["reply_while_streaming"] == "We open"
+    assert turn["reply"] == "We open at nine. Bring your card."
+    assert turn["badge"] == ["thinking", "thinking"]
+    assert turn["non_json_ignored"] is True
+
+
+def test_captions_follow_clauses_at_speaking_pace(run: dict) -> None:
+    turn = run["turn"]
+    assert turn["captions"] == ["We open at nine.", "We open at nine.", "Bring your card."]
+    assert turn["caption_after_end"] == ""
+
+
+def test_hud_send_to_first_audio_comes_from_inbound_audio_energy(run: dict) -> None:
+    # Sound starts 300 ms after Send; the energy is polled every 100 ms.
+    assert 300 <= int(run["turn"]["client_ms"]) <= 420
 
 
 def test_hud_shows_server_marks_for_text_and_voice_turns(run: dict) -> None:
@@ -195,47 +268,109 @@ def test_hud_shows_server_marks_for_text_and_voice_turns(run: dict) -> None:
     assert run["hud_voice"] == ["voice to first audio", "700", "–", "100"]
 
 
-def test_interrupt_silences_the_turn_and_drops_its_late_audio(run: dict) -> None:
-    assert run["stopped_on_interrupt"] == [True, True]
-    assert run["sources_after_late_audio"] == 0
-    assert run["next_turn_start"] == pytest.approx(2.05)  # not queued behind the dropped audio
-    assert run["reply_classes"] == ["avatar", "interrupted"]
+def test_interrupt_button_sends_barge_in_and_silences_captions(run: dict) -> None:
+    barge = run["barge"]
+    assert barge["sent"] == {"type": "interrupt"}
+    assert barge["interrupt_posts"] == 0
+    assert barge["reply_classes"] == ["avatar", "interrupted"]
+    assert barge["playing_reply_classes"] == ["avatar", "interrupted"]
+    assert barge["caption"] == ""
 
 
-def test_errors_from_the_server_are_shown(run: dict) -> None:
-    assert run["sse_error"] == "speech recognition failed"
-    assert run["text_error"] == "Sending text failed: text is empty; type a question"
+def test_debug_hook_reports_state_events_and_media_stats(run: dict) -> None:
+    debug = run["debug"]
+    assert debug["session_id"] == "s1"
+    assert debug["state"] == "speaking"
+    assert debug["events"] == 200
+    assert debug["peers"] == 1
+    assert debug["last"] == {"type": "state", "state": "speaking", "pts_ms": 209}
+    assert debug["stats"] == {"audioEnergy": 0.75, "audioLevel": 0.2, "framesDecoded": 120,
+                              "fps": 25, "connection": "connected"}
 
 
-def test_microphone_sends_100ms_pcm16_chunks_in_order(run: dict) -> None:
+def test_server_errors_are_shown(run: dict) -> None:
+    assert run["channel_error"] == "speech recognition failed"
+
+
+def test_a_lost_peer_is_replaced_for_the_same_session_after_3_s(run: dict) -> None:
+    re_ = run["reconnect"]
+    assert re_["status_lost"] == "Connection lost, reconnecting…"
+    assert re_["pcs_after_short_blip"] == 1  # back within 3 s: the same peer
+    assert re_["pcs_before_3s"] == 1
+    assert re_["pcs_after_3s"] == 2
+    assert re_["old_closed"] is True
+    assert re_["offer_urls"] == ["/v1/sessions/s1/offer", "/v1/sessions/s1/offer"]
+    assert re_["new_sessions"] == 0 and re_["deletes"] == 0
+    assert re_["old_channel_ignored"] is True
+    assert re_["status_after"] == "Connected to clinic."
+    assert re_["peers"] == 2
+
+
+def test_microphone_on_reoffers_with_the_mic_track(run: dict) -> None:
     mic = run["mic"]
+    assert mic["constraints"] == {"audio": {"channelCount": 1, "echoCancellation": True,
+                                            "noiseSuppression": True, "autoGainControl": True}}
+    assert mic["raw"]["audio"]["echoCancellation"] is False
+    assert mic["raw"]["audio"]["autoGainControl"] is False
+    assert mic["tracks"] == ["audio"]
+    assert mic["transceivers"] == [["video", "recvonly"]]
+    assert mic["offers"] == 3
     assert mic["pressed"] == "true"
-    assert mic["urls"] == ["/v1/sessions/s1/audio?sample_rate_hz=16000"] * 3
-    assert mic["sizes"] == [3200, 3200, 3200]  # 1600 samples of 2 bytes
-    assert mic["max_in_flight"] == 1
-    assert mic["first_values"] == [16384, 16384]  # 0.5 at 48 kHz -> 0.5 at 16 kHz
 
 
-def test_downsampler_keeps_the_rate_across_odd_chunk_sizes(run: dict) -> None:
-    assert run["down_44k"] in (15999, 16000)
-    assert run["down_48k"] == 16000
+def test_text_falls_back_to_http_while_the_channel_is_not_open(run: dict) -> None:
+    assert run["text_http"] == {"url": "/v1/sessions/s1/text", "body": {"text": "Hello?"}}
 
 
-def test_stop_deletes_the_session_and_releases_everything(run: dict) -> None:
+def test_stop_closes_the_peer_and_deletes_the_session(run: dict) -> None:
     stop = run["stop"]
     assert stop["delete"] == "/v1/sessions/s1"
-    assert stop["events_closed"] is True
+    assert stop["pc_closed"] is True
     assert stop["tracks_stopped"] is True
-    assert stop["controls"] == {"start": False, "stop": True, "send": True, "mic": True}
+    assert stop["controls"] == {"start": False, "stop": True, "interrupt": True, "send": True,
+                                "mic": False}
+    assert stop["debug_session"] is None
+
+
+def test_failed_offer_falls_back_to_events_frames_and_web_audio(run: dict) -> None:
+    fb = run["fallback"]
+    assert fb["events_url"] == "/v1/sessions/s2/events"
+    assert fb["status"].startswith("Connected to clinic. (without WebRTC: no media here")
+    assert fb["video_hidden"] is True and fb["img_hidden"] is False
+    assert fb["frame_fetches_while_pending"] == 1
+    assert fb["frame_src"] == "blob:2"
+    assert fb["revoked"][:1] == ["blob:1"]
+    assert fb["text_post"] == {"url": "/v1/sessions/s2/text", "body": {"text": "Open?"}}
+    assert fb["mic_error"].startswith("The microphone needs WebRTC")
+
+
+def test_fallback_audio_is_gapless_captioned_and_dropped_on_interrupt(run: dict) -> None:
+    fb = run["fallback"]
+    assert fb["starts"] == pytest.approx([1.05, 1.15])
+    assert fb["first_sample"] == pytest.approx(1000 / 32768)
+    assert fb["caption_before"] == ""
+    assert fb["caption_after"] == "We open at nine."
+    assert fb["stopped_on_interrupt"] == [True, True]
+    assert fb["sources_after_late_audio"] == 0
+    assert fb["interrupt_post"] == "/v1/sessions/s2/interrupt"
+
+
+def test_without_rtcpeerconnection_the_page_uses_plain_http(run: dict) -> None:
+    assert run["no_rtc"] == {"offers": 0, "events_url": "/v1/sessions/s3/events"}
+
+
+def test_a_peer_that_never_connects_falls_back_to_plain_http(run: dict) -> None:
+    assert run["never_connected"] == {"streams_before_timeout": 0, "pc_closed": True,
+                                      "events_url": "/v1/sessions/s5/events", "mode": "http"}
 
 
 def test_gone_session_reports_the_servers_message(run: dict) -> None:
-    assert run["gone"] == "Session ended: session s2 is unknown"
+    assert run["gone"] == "Session ended: session s4 is unknown"
     assert run["gone_start_enabled"] is True
 
 
 _HARNESS_JS = r"""
-// Runs app.js in a vm context with fake browser APIs, drives one conversation, prints JSON.
+// Runs app.js in a vm context with fake browser APIs, drives conversations, prints JSON.
 const fs = require('fs');
 const vm = require('vm');
 const [appPath, idsJson] = process.argv.slice(2);
@@ -244,25 +379,26 @@ const ids = JSON.parse(idsJson);
 let now = 0;                                  // virtual ms for timers and performance.now()
 const timers = [];
 let timerSeq = 0;
-function setTimeout_(fn, ms) {
+function addTimer(fn, ms, every) {
   const id = ++timerSeq;
-  timers.push({ id, at: now + (ms || 0), fn });
+  timers.push({ id, at: now + (ms || 0), fn, every });
   return id;
 }
-function clearTimeout_(id) {
+function clearTimer(id) {
   const i = timers.findIndex((t) => t.id === id);
   if (i >= 0) timers.splice(i, 1);
 }
 const settle = async () => {
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  for (let i = 0; i < 30; i++) await new Promise((r) => setImmediate(r));
 };
 async function advance(ms) {
   const end = now + ms;
   for (;;) {
-    timers.sort((a, b) => a.at - b.at);
+    timers.sort((a, b) => a.at - b.at || a.id - b.id);
     if (!timers.length || timers[0].at > end) break;
-    const t = timers.shift();
+    const t = timers[0];
     now = Math.max(now, t.at);
+    if (t.every) t.at += t.every; else timers.shift();
     t.fn();
     await settle();
   }
@@ -273,7 +409,8 @@ async function advance(ms) {
 class El {
   constructor(tag, id) {
     Object.assign(this, { tag, id, textContent: '', value: '', disabled: false, hidden: false,
-      className: '', src: '', children: [], dataset: {}, attrs: {}, listeners: {} });
+      className: '', src: '', srcObject: null, children: [], dataset: {}, attrs: {},
+      listeners: {} });
     this.classList = { set: new Set(), add: (c) => this.classList.set.add(c) };
   }
   setAttribute(k, v) { this.attrs[k] = String(v); }
@@ -282,6 +419,7 @@ class El {
   dispatch(type, ev = {}) { for (const fn of this.listeners[type] || []) fn(ev); }
   append(...kids) { this.children.push(...kids); }
   querySelector(sel) { return this.children.find((c) => '.' + c.className === sel) || null; }
+  play() { this.played = true; return Promise.resolve(); }
 }
 const els = {};
 for (const [id, tag] of Object.entries(ids)) els[id] = new El(tag, id);
@@ -302,23 +440,79 @@ async function fetch(url, opts = {}) {
   return respond(call);
 }
 
+// WebRTC fakes: the test plays ICE gathering, connection states and the server's messages.
+class FakeChannel {
+  constructor(label) { Object.assign(this, { label, readyState: 'connecting', sent: [],
+    listeners: {} }); }
+  addEventListener(type, fn) { (this.listeners[type] ||= []).push(fn); }
+  emit(type, ev = {}) { for (const fn of this.listeners[type] || []) fn(ev); }
+  send(text) { this.sent.push(JSON.parse(text)); }
+  open() { this.readyState = 'open'; this.emit('open'); }
+  message(obj) {
+    this.emit('message', { data: typeof obj === 'string' ? obj : JSON.stringify(obj) });
+  }
+}
+const pcs = [];
+class RTCPeerConnection {
+  constructor(config) {
+    Object.assign(this, { config, listeners: {}, transceivers: [], tracks: [], channels: [],
+      connectionState: 'new', iceGatheringState: 'new', localDescription: null, remote: null,
+      closed: false, report: { energy: 0, level: 0, frames: 0, fps: 0 } });
+    pcs.push(this);
+  }
+  addEventListener(type, fn) { (this.listeners[type] ||= []).push(fn); }
+  removeEventListener(type, fn) {
+    this.listeners[type] = (this.listeners[type] || []).filter((f) => f !== fn);
+  }
+  emit(type, ev = {}) { for (const fn of [...(this.listeners[type] || [])]) fn(ev); }
+  addTrack(track) { this.tracks.push(track.kind); }
+  addTransceiver(kind, init) { this.transceivers.push([kind, init && init.direction]); }
+  createDataChannel(label) { const ch = new FakeChannel(label); this.channels.push(ch); return ch; }
+  async createOffer() { return { type: 'offer', sdp: 'v=0 offer' }; }
+  async setLocalDescription(d) {
+    this.localDescription = { ...d };
+    this.iceGatheringState = 'gathering';
+  }
+  gatherDone() {
+    this.localDescription.sdp += ' a=candidate';
+    this.iceGatheringState = 'complete';
+    this.emit('icecandidate', { candidate: { candidate: 'a=candidate' } });
+    this.emit('icegatheringstatechange');
+    this.emit('icecandidate', { candidate: null });
+  }
+  async setRemoteDescription(d) { this.remote = d; }
+  setState(state) { this.connectionState = state; this.emit('connectionstatechange'); }
+  close() { this.closed = true; this.connectionState = 'closed'; }
+  async getStats() {
+    const r = this.report;
+    return new Map([
+      ['a', { type: 'inbound-rtp', kind: 'audio', totalAudioEnergy: r.energy,
+        audioLevel: r.level }],
+      ['v', { type: 'inbound-rtp', kind: 'video', framesDecoded: r.frames,
+        framesPerSecond: r.fps }],
+      ['o', { type: 'outbound-rtp', kind: 'audio', totalAudioEnergy: 9 }],
+    ]);
+  }
+}
+class MediaStream { constructor(tracks) { this.tracks = tracks; } }
+const micTrack = { kind: 'audio', readyState: 'live',
+  stop() { this.stopped = true; this.readyState = 'ended'; } };
+const gum = [];
+const navigator = { mediaDevices: { getUserMedia: async (c) => {
+  gum.push(c);
+  return { getAudioTracks: () => [micTrack], getTracks: () => [micTrack] };
+} } };
+
 const sources = [];
 class FakeContext {
   constructor() { Object.assign(this, { currentTime: 1.0, sampleRate: 48000, state: 'running',
-    destination: {}, audioWorklet: { addModule: async () => {} } }); }
+    destination: {} }); }
   resume() {}
   createBuffer(ch, len, rate) { const data = new Float32Array(len);
     return { duration: len / rate, getChannelData: () => data }; }
   createBufferSource() { const s = { connect() {}, start(at) { s.at = at; },
     stop() { s.stopped = true; } }; sources.push(s); return s; }
-  createGain() { return { gain: {}, connect: (n) => n, disconnect() {} }; }
-  createMediaStreamSource() { return { connect: (n) => n, disconnect() {} }; }
 }
-const worklets = [];
-class AudioWorkletNode { constructor() { this.port = {}; worklets.push(this);
-  this.connect = (n) => n; this.disconnect = () => {}; } }
-const tracks = [{ stopped: false, stop() { this.stopped = true; } }];
-const navigator = { mediaDevices: { getUserMedia: async () => ({ getTracks: () => tracks }) } };
 
 const streams = [];
 class EventSource {
@@ -336,9 +530,11 @@ EventSource.CLOSED = 2;
 let blobs = 0;
 const revoked = [];
 const URL_ = { createObjectURL: () => `blob:${++blobs}`, revokeObjectURL: (u) => revoked.push(u) };
-const ctx = vm.createContext({ document, navigator, fetch, EventSource, AudioWorkletNode,
-  AudioContext: FakeContext, URL: URL_, Blob, atob, console,
-  setTimeout: setTimeout_, clearTimeout: clearTimeout_, performance: { now: () => now } });
+const ctx = vm.createContext({ document, navigator, fetch, EventSource, RTCPeerConnection,
+  MediaStream, AudioContext: FakeContext, URL: URL_, URLSearchParams, atob, console,
+  location: { search: '' }, setTimeout: (fn, ms) => addTimer(fn, ms), clearTimeout: clearTimer,
+  setInterval: (fn, ms) => addTimer(fn, ms, ms), clearInterval: clearTimer,
+  performance: { now: () => now } });
 ctx.window = ctx;
 ctx.addEventListener = () => {};
 vm.runInContext(fs.readFileSync(appPath, 'utf8'), ctx, { filename: appPath });
@@ -346,26 +542,39 @@ vm.runInContext(fs.readFileSync(appPath, 'utf8'), ctx, { filename: appPath });
 const pcm = (values) => Buffer.from(Int16Array.from(values).buffer).toString('base64');
 const texts = (who) => els.chat.children.filter((c) => c.className === who)
   .map((c) => c.children[1].textContent);
-const controls = () => Object.fromEntries(['start', 'stop', 'send', 'mic']
+const controls = () => Object.fromEntries(['start', 'stop', 'interrupt', 'send', 'mic']
   .map((k) => [k, els[k].disabled]));
 const hud = () => ['hud-first-audio-label', 'hud-first-audio', 'hud-retrieval', 'hud-llm']
   .map((k) => els[k].textContent);
+const offers = () => calls.filter((c) => c.url.endsWith('/offer'));
+const submit = async (text) => {
+  els['text-input'].value = text;
+  els['text-form'].dispatch('submit', { preventDefault() {} });
+  await settle();
+};
 const out = {};
 
 (async () => {
+  // 0. The Mic toggle before Start only records the wish.
+  out.mic_before_start = [];
+  for (let i = 0; i < 2; i++) {
+    els.mic.dispatch('click');
+    await settle();
+    out.mic_before_start.push(els.mic.getAttribute('aria-pressed'));
+  }
+  out.gum_before_start = gum.length;
+
   // 1. Start on a full cluster: 503 with Retry-After, a visible countdown, then 201.
   let posts = 0;
-  let framePending = null;
   respond = (c) => {
     if (c.url === '/v1/sessions') {
       posts += 1;
       out.start_body = JSON.parse(c.body);
       return posts === 1 ? reply(503, { error: 'full' }, { 'Retry-After': '3' })
-        : reply(201, { session_id: 's1', persona: 'clinic', greeting: 'Hello, how can I help?' });
+        : reply(201, { session_id: 's1', persona: 'clinic', greeting: 'Hello, how can I help?',
+          ice_servers: [{ urls: ['stun:stun.example.org:3478'] }] });
     }
-    if (c.url.endsWith('/frame.jpg')) {
-      return new Promise((ok) => { framePending = () => ok(reply(200)); });
-    }
+    if (c.url.endsWith('/offer')) return reply(200, { type: 'answer', sdp: 'v=0 answer' });
     return reply(202, {});
   };
   els.start.dispatch('click');
@@ -375,134 +584,276 @@ const out = {};
   out.busy.push(els.status.textContent);
   await advance(2000);
   out.session_posts = posts;
-  out.events_url = streams[0].url;
   const greet = els.chat.children[0];
   out.greeting = greet ? greet.children.map((c) => c.textContent).join(' ') : null;
-  out.connected_controls = controls();
-  const es = streams[0];
 
-  // 2. Frames: never a second request while one is pending; old object URLs revoked.
-  await advance(500);
-  out.frame_fetches_while_pending = calls.filter((c) => c.url.endsWith('/frame.jpg')).length;
-  framePending(); await settle(); await advance(80); framePending(); await settle();
-  out.frame_src = els.avatar.src;
-
-  // 3. A typed turn at t=0 (virtual): one user entry, the reply grows with text_delta.
-  now = 0;
-  els['text-input'].value = 'When do you open?';
-  els['text-form'].dispatch('submit', { preventDefault() {} });
+  // 2. The offer: recvonly audio + video, the client's data channel, sent after gathering.
+  const pc = pcs[0];
+  const rtc = { ice_servers: pc.config.iceServers, transceivers: pc.transceivers,
+    tracks: pc.tracks, channels: pc.channels.map((c) => c.label),
+    offers_while_gathering: offers().length, status_before: els.status.textContent };
+  pc.gatherDone();
   await settle();
-  const tp = calls.find((c) => c.url.endsWith('/text'));
-  out.text_post = { url: tp.url, body: JSON.parse(tp.body) };
-  es.emit('transcript', { text: 'When do you open?', is_final: true, pts_ms: 5 });
-  es.emit('state', { state: 'thinking', pts_ms: 6 });
-  out.badge = [els.state.textContent, els.state.dataset.state];
-  out.user_entries = texts('user');
-  es.emit('clause', { text: 'We open at nine.', index: 0, pts_ms: 7 });
-  es.emit('text_delta', { text: 'We open', pts_ms: 8 });
-  out.reply_while_streaming = texts('avatar').at(-1);
-  es.emit('text_delta', { text: ' at nine.', pts_ms: 9 });
-  out.reply = texts('avatar').at(-1);
+  const o = offers()[0];
+  rtc.offer = o && { url: o.url, body: JSON.parse(o.body) };
+  rtc.remote = pc.remote;
+  pc.setState('connected');
+  rtc.status_connected = els.status.textContent;
+  rtc.controls = controls();
+  out.rtc = rtc;
 
-  // 4. Audio at t=200 ms: two chunks back to back, caption shown when the first is heard.
-  now = 200;
-  es.emit('audio', { pcm16_b64: pcm(Array(2400).fill(1000)), sample_rate_hz: 24000, pts_ms: 10,
-    duration_ms: 100, turn_id: 1, clause_index: 0 });
-  es.emit('audio', { pcm16_b64: pcm(Array(2400).fill(0)), sample_rate_hz: 24000, pts_ms: 110,
-    duration_ms: 100, turn_id: 1, clause_index: 0 });
-  out.starts = sources.map((s) => s.at);
-  out.first_sample = sources[0].buffer.getChannelData(0)[0];
-  out.client_ms = els['hud-client'].textContent;
-  out.caption_before = els.caption.textContent;
-  await advance(60);
-  out.caption_after = els.caption.textContent;
+  // 3. Remote tracks, the data channel's ping and pong.
+  pc.emit('track', { track: { kind: 'video', id: 'v1' } });
+  pc.emit('track', { track: { kind: 'audio', id: 'a1' } });
+  await settle();
+  out.media = { video: els.video.srcObject.tracks.map((t) => t.id),
+    audio: els.audio.srcObject.tracks.map((t) => t.id), played: !!els.audio.played };
+  const ch = pc.channels[0];
+  ch.open();
+  out.ping = ch.sent[0];
+  await advance(40);
+  ch.message({ type: 'pong', t: out.ping.t, pts_ms: 5 });
+  out.rtt = els['hud-rtt'].textContent;
 
-  // 5. turn_end marks for a typed turn, then for a spoken one.
-  es.emit('turn_end', { turn_id: 1, reply: 'We open at nine.', refused: false, interrupted: false,
-    marks_ms: { asr_final: 100, retrieval_done: 130, llm_first_token: 350,
-      tts_first_audio: 520 } });
+  // 4. A typed turn over the data channel; captions paced by length; HUD from audio energy.
+  const turn = {};
+  const sent = () => ch.sent.filter((m) => m.type !== 'ping');
+  const t0 = now;
+  await submit('When do you open?');
+  turn.sent = sent().at(-1);
+  turn.text_posts = calls.filter((c) => c.url.endsWith('/text')).length;
+  ch.message({ type: 'accepted', turn_id: 1 });
+  ch.message({ type: 'transcript', text: 'When do you open?', is_final: true, pts_ms: 5 });
+  ch.message({ type: 'state', state: 'thinking', pts_ms: 6 });
+  turn.badge = [els.state.textContent, els.state.dataset.state];
+  turn.user_entries = texts('user');
+  pc.report.energy = 0.5;
+  ch.message({ type: 'clause', text: 'We open at nine.', index: 0, pts_ms: 7 });
+  ch.message({ type: 'text_delta', text: 'We open', pts_ms: 8 });
+  turn.reply_while_streaming = texts('avatar').at(-1);
+  ch.message({ type: 'text_delta', text: ' at nine.', pts_ms: 9 });
+  ch.message({ type: 'clause', text: 'Bring your card.', index: 1, pts_ms: 10 });
+  ch.message({ type: 'text_delta', text: ' Bring your card.', pts_ms: 11 });
+  turn.reply = texts('avatar').at(-1);
+  try {
+    ch.message('not json');
+    turn.non_json_ignored = true;
+  } catch { turn.non_json_ignored = false; }
+  await advance(0);
+  turn.captions = [els.caption.textContent];
+  await advance(300);
+  pc.report.energy = 0.6;  // the reply becomes audible 300 ms after Send
+  await advance(100);
+  turn.client_ms = els['hud-client'].textContent;
+  turn.captions.push(els.caption.textContent);
+  await advance(t0 + 1100 - now);
+  turn.captions.push(els.caption.textContent);
+  ch.message({ type: 'turn_end', turn_id: 1, reply: 'We open at nine. Bring your card.',
+    refused: false, interrupted: false, marks_ms: { asr_final: 100, retrieval_done: 130,
+      llm_first_token: 350, tts_first_audio: 520 } });
   out.hud_text = hud();
-  es.emit('turn_end', { turn_id: 2, reply: '', refused: false, interrupted: false,
+  await advance(1200);
+  turn.caption_after_end = els.caption.textContent;
+  out.turn = turn;
+  ch.message({ type: 'turn_end', turn_id: 2, reply: '', refused: false, interrupted: false,
     marks_ms: { speech_end: 1000, asr_final: 1100, llm_first_token: 1200,
       tts_first_audio: 1700 } });
   out.hud_voice = hud();
 
-  // 6. Barge-in: turn 3 audio is stopped, its late chunk dropped, turn 4 plays at once.
-  sources.length = 0;
-  es.emit('text_delta', { text: 'Our address', pts_ms: 2000 });
-  for (let i = 0; i < 2; i++) es.emit('audio', { pcm16_b64: pcm(Array(2400).fill(5)),
-    sample_rate_hz: 24000, pts_ms: 2000, duration_ms: 100, turn_id: 3, clause_index: 0 });
-  es.emit('interrupt', { turn_id: 3, pts_ms: 2050 });
-  out.stopped_on_interrupt = sources.map((s) => !!s.stopped);
-  sources.length = 0;
-  es.emit('audio', { pcm16_b64: pcm([1, 2]), sample_rate_hz: 24000, pts_ms: 2100, duration_ms: 1,
-    turn_id: 3, clause_index: 1 });
-  out.sources_after_late_audio = sources.length;
-  es.emit('turn_end', { turn_id: 3, reply: '', refused: false, interrupted: true, marks_ms: {} });
+  // 5. Barge-in with the Interrupt button: a data-channel message; captions stop.
+  const barge = {};
+  ch.message({ type: 'text_delta', text: 'Our address', pts_ms: 2000 });
+  ch.message({ type: 'clause', text: 'Our address is on Main Street,', index: 0, pts_ms: 2001 });
+  ch.message({ type: 'clause', text: 'next to the pharmacy.', index: 1, pts_ms: 2002 });
+  await advance(10);
+  els.interrupt.dispatch('click');
+  barge.sent = sent().at(-1);
+  barge.interrupt_posts = calls.filter((c) => c.url.endsWith('/interrupt')).length;
+  ch.message({ type: 'interrupt', turn_id: 3, pts_ms: 2050 });
+  ch.message({ type: 'turn_end', turn_id: 3, reply: '', refused: false, interrupted: true,
+    marks_ms: {} });
+  await advance(3000);
+  barge.caption = els.caption.textContent;
   const last = els.chat.children.at(-1);
-  out.reply_classes = [last.className, ...last.classList.set];
-  sources.length = 0;
-  const audioCtx = vm.runInContext('player.ctx', ctx);
-  audioCtx.currentTime = 2.0;
-  es.emit('audio', { pcm16_b64: pcm([7, 7]), sample_rate_hz: 24000, pts_ms: 2200, duration_ms: 1,
-    turn_id: 4, clause_index: 0 });
-  out.next_turn_start = sources[0].at;
+  barge.reply_classes = [last.className, ...last.classList.set];
+  // Barge-in after the reply was fully generated, while it still plays out.
+  ch.message({ type: 'text_delta', text: 'We open at nine.', pts_ms: 2100 });
+  ch.message({ type: 'turn_end', turn_id: 4, reply: 'We open at nine.', refused: false,
+    interrupted: false, marks_ms: {} });
+  ch.message({ type: 'interrupt', turn_id: 4, pts_ms: 2200 });
+  const playing = els.chat.children.at(-1);
+  barge.playing_reply_classes = [playing.className, ...playing.classList.set];
+  out.barge = barge;
 
-  // 7. Errors: a server `error` event and a 400 on /text.
-  es.emit('error', { message: 'speech recognition failed', pts_ms: 2300 });
-  out.sse_error = els.error.hidden ? null : els.error.textContent;
-  respond = (c) => (c.url.endsWith('/text')
-    ? reply(400, { error: 'text is empty; type a question' }) : new Promise(() => {}));
-  els['text-input'].value = '?';
-  els['text-form'].dispatch('submit', { preventDefault() {} });
+  // 6. Errors from the server; the debug hook.
+  ch.message({ type: 'error', message: 'speech recognition failed', pts_ms: 2300 });
+  out.channel_error = els.error.hidden ? null : els.error.textContent;
+  for (let i = 0; i < 210; i++) {
+    ch.message({ type: 'state', state: i === 209 ? 'speaking' : 'listening', pts_ms: i });
+  }
+  Object.assign(pc.report, { energy: 0.75, level: 0.2, frames: 120, fps: 25 });
+  const dbg = ctx.window.avatarDebug;
+  out.debug = { session_id: dbg.session_id, state: dbg.state, events: dbg.events.length,
+    peers: dbg.peers,
+    last: dbg.events.at(-1), stats: await dbg.stats() };
+
+  // 7. Reconnect: a blip under 3 s keeps the peer; a longer loss re-offers for the same session.
+  const re = {};
+  pc.setState('disconnected');
+  re.status_lost = els.status.textContent;
+  await advance(2000);
+  pc.setState('connected');
+  await advance(2000);
+  re.pcs_after_short_blip = pcs.length;
+  pc.setState('failed');
+  await advance(2900);
+  re.pcs_before_3s = pcs.length;
+  await advance(200);
+  re.pcs_after_3s = pcs.length;
+  re.old_closed = pc.closed;
+  pcs[1].gatherDone();
   await settle();
-  out.text_error = els.error.textContent;
+  re.offer_urls = offers().map((c) => c.url);
+  re.new_sessions = calls.filter((c) => c.url === '/v1/sessions').length - 2;
+  re.deletes = calls.filter((c) => c.method === 'DELETE').length;
+  ch.message({ type: 'error', message: 'from the old peer' });
+  re.old_channel_ignored = els.error.textContent === 'speech recognition failed';
+  pcs[1].setState('connected');
+  re.status_after = els.status.textContent;
+  re.peers = ctx.window.avatarDebug.peers;
+  out.reconnect = re;
 
-  // 8. Microphone: 0.5 at 48 kHz in 1024-sample batches -> 100 ms PCM16 POSTs, one at a time.
-  let inFlight = 0; let maxInFlight = 0; const pending = []; const mic = { urls: [], sizes: [] };
-  respond = (c) => {
-    if (!c.url.includes('/audio')) return new Promise(() => {});
-    mic.urls.push(c.url); mic.sizes.push(c.body.byteLength);
-    if (!mic.first_values) mic.first_values = Array.from(new Int16Array(c.body).slice(0, 2));
-    inFlight += 1; maxInFlight = Math.max(maxInFlight, inFlight);
-    return new Promise((ok) => pending.push(() => { inFlight -= 1; ok(reply(202, {})); }));
-  };
+  // 8. Mic on during the session: getUserMedia with audio processing, a new offer with it.
   els.mic.dispatch('click');
   await settle();
-  mic.pressed = els.mic.getAttribute('aria-pressed');
-  for (let i = 0; i < 15; i++) {
-    worklets[0].port.onmessage({ data: new Float32Array(1024).fill(0.5) });
-  }
+  const pc3 = pcs[2];
+  const mic = { constraints: gum[0], raw: vm.runInContext('micConstraints(true)', ctx),
+    tracks: pc3.tracks, transceivers: pc3.transceivers };
+  pc3.gatherDone();
   await settle();
-  while (pending.length) { pending.shift()(); await settle(); }
-  mic.max_in_flight = maxInFlight;
+  mic.offers = offers().length;
+  mic.pressed = els.mic.getAttribute('aria-pressed');
   out.mic = mic;
 
-  // 9. The downsampler alone: one second in odd-sized pieces.
-  for (const [rate, key] of [[44100, 'down_44k'], [48000, 'down_48k']]) {
-    const down = ctx.makeDownsampler(rate);
-    let n = 0;
-    for (let i = 0; i < rate; i += 333) n += down(new Float32Array(Math.min(333, rate - i))).length;
-    out[key] = n;
-  }
+  // 9. The new peer's channel is not open yet: typed text goes over HTTP.
+  await submit('Hello?');
+  const tp = calls.filter((c) => c.url.endsWith('/text')).at(-1);
+  out.text_http = tp && { url: tp.url, body: JSON.parse(tp.body) };
 
-  // 10. Stop: DELETE, stream closed, microphone released, Start enabled again.
+  // 10. Stop: DELETE, the peer closed, the microphone released.
   respond = () => reply(204, null);
   els.stop.dispatch('click');
   await settle();
   out.stop = { delete: (calls.findLast((c) => c.method === 'DELETE') || {}).url,
-    events_closed: es.readyState === EventSource.CLOSED, tracks_stopped: tracks[0].stopped,
-    controls: controls() };
+    pc_closed: pc3.closed, tracks_stopped: !!micTrack.stopped, controls: controls(),
+    debug_session: ctx.window.avatarDebug.session_id };
+  els.mic.dispatch('click');  // mic off again for the next sessions
+  await settle();
 
-  // 11. A session the server no longer knows: its 404 message is shown and the page resets.
-  respond = (c) => (c.url === '/v1/sessions' ? reply(201, { session_id: 's2', greeting: '' })
-    : c.url.endsWith('/frame.jpg') ? reply(404, { error: 'session s2 is unknown' })
+  // 11. The offer fails: plain HTTP (SSE, frame.jpg, Web Audio).
+  const fb = {};
+  let framePending = null;
+  respond = (c) => {
+    if (c.url === '/v1/sessions') {
+      return reply(201, { session_id: 's2', persona: 'clinic', greeting: '', ice_servers: [] });
+    }
+    if (c.url.endsWith('/offer')) return reply(500, { error: 'no media here' });
+    if (c.url.endsWith('/frame.jpg')) {
+      return new Promise((ok) => { framePending = () => ok(reply(200)); });
+    }
+    return reply(202, {});
+  };
+  els.start.dispatch('click');
+  await settle();
+  pcs.at(-1).gatherDone();
+  await settle();
+  const es = streams[0];
+  fb.events_url = es && es.url;
+  fb.status = els.status.textContent;
+  fb.video_hidden = els.video.hidden;
+  fb.img_hidden = els.avatar.hidden;
+  await advance(500);
+  fb.frame_fetches_while_pending = calls.filter((c) => c.url.endsWith('/frame.jpg')).length;
+  framePending(); await settle(); await advance(80); framePending(); await settle();
+  fb.frame_src = els.avatar.src;
+  await submit('Open?');
+  const fp = calls.filter((c) => c.url.endsWith('/text')).at(-1);
+  fb.text_post = { url: fp.url, body: JSON.parse(fp.body) };
+  sources.length = 0;
+  const audioCtx = vm.runInContext('player.ctx', ctx);
+  es.emit('clause', { text: 'We open at nine.', index: 0, pts_ms: 7 });
+  es.emit('audio', { pcm16_b64: pcm(Array(2400).fill(1000)), sample_rate_hz: 24000, pts_ms: 10,
+    duration_ms: 100, turn_id: 1, clause_index: 0 });
+  es.emit('audio', { pcm16_b64: pcm(Array(2400).fill(0)), sample_rate_hz: 24000, pts_ms: 110,
+    duration_ms: 100, turn_id: 1, clause_index: 0 });
+  fb.starts = sources.map((s) => s.at);
+  fb.first_sample = sources[0].buffer.getChannelData(0)[0];
+  fb.caption_before = els.caption.textContent;
+  await advance(60);
+  fb.caption_after = els.caption.textContent;
+  sources.length = 0;
+  audioCtx.currentTime = 2.0;
+  for (let i = 0; i < 2; i++) es.emit('audio', { pcm16_b64: pcm(Array(2400).fill(5)),
+    sample_rate_hz: 24000, pts_ms: 2000, duration_ms: 100, turn_id: 3, clause_index: 0 });
+  els.interrupt.dispatch('click');
+  await settle();
+  fb.interrupt_post = (calls.filter((c) => c.url.endsWith('/interrupt')).at(-1) || {}).url;
+  es.emit('interrupt', { turn_id: 3, pts_ms: 2050 });
+  fb.stopped_on_interrupt = sources.map((s) => !!s.stopped);
+  sources.length = 0;
+  es.emit('audio', { pcm16_b64: pcm([1, 2]), sample_rate_hz: 24000, pts_ms: 2100,
+    duration_ms: 1, turn_id: 3, clause_index: 1 });
+  fb.sources_after_late_audio = sources.length;
+  els.mic.dispatch('click');
+  await settle();
+  fb.mic_error = els.error.textContent;
+  fb.revoked = revoked;
+  out.fallback = fb;
+  respond = () => reply(204, null);
+  els.stop.dispatch('click');
+  await settle();
+
+  // 12. No RTCPeerConnection at all: straight to plain HTTP.
+  const offersBefore = offers().length;
+  ctx.RTCPeerConnection = undefined;
+  respond = (c) => (c.url === '/v1/sessions' ? reply(201, { session_id: 's3', greeting: '' })
+    : new Promise(() => {}));
+  els.start.dispatch('click');
+  await settle();
+  out.no_rtc = { offers: offers().length - offersBefore, events_url: streams.at(-1).url };
+  els.stop.dispatch('click');
+  await settle();
+  ctx.RTCPeerConnection = RTCPeerConnection;
+
+  // 13. A peer that never connects: plain HTTP after the connect timeout.
+  respond = (c) => (c.url === '/v1/sessions' ? reply(201, { session_id: 's5', greeting: '' })
+    : c.url.endsWith('/offer') ? reply(200, { type: 'answer', sdp: 'v=0 answer' })
+      : new Promise(() => {}));
+  els.start.dispatch('click');
+  await settle();
+  const stuck = pcs.at(-1);
+  stuck.gatherDone();
+  await settle();
+  stuck.setState('connecting');
+  const streamsBefore = streams.length;
+  await advance(9900);
+  out.never_connected = { streams_before_timeout: streams.length - streamsBefore };
+  await advance(200);
+  Object.assign(out.never_connected, { pc_closed: stuck.closed,
+    events_url: streams.at(-1).url, mode: ctx.window.avatarDebug.mode });
+  els.stop.dispatch('click');
+  await settle();
+
+  // 14. A session the server no longer knows: its 404 message is shown and the page resets.
+  respond = (c) => (c.url === '/v1/sessions' ? reply(201, { session_id: 's4', greeting: '' })
+    : c.url.endsWith('/offer') ? reply(404, { error: 'session s4 is unknown' })
       : reply(202, {}));
   els.start.dispatch('click');
-  await advance(10);
+  await settle();
+  pcs.at(-1).gatherDone();
+  await settle();
   out.gone = els.error.textContent;
   out.gone_start_enabled = !els.start.disabled;
-  out.revoked = revoked;
   process.stdout.write(JSON.stringify(out));
   process.exit(0);
 })().catch((err) => { console.error(err); process.exit(1); });
