@@ -14,6 +14,8 @@ conductor's apology takes over. Cancelling the consumer (barge-in) cancels the r
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -28,6 +30,7 @@ from models.llm.base import LLM, LLMRequest
 from models.tts.base import TTS
 
 CALL_TIMEOUT_S = 30.0
+log = logging.getLogger(__name__)
 
 
 def unwrap_error(exc: BaseException, what: str) -> AvatarError:
@@ -38,6 +41,7 @@ def unwrap_error(exc: BaseException, what: str) -> AvatarError:
     if isinstance(exc, AvatarError):
         return exc
     name = type(exc).__name__
+    log.warning("call to the %s deployment failed: %s: %.300s", what, name, exc)
     return BackendError(f"the {what} deployment failed ({name}); retrying may help")
 
 
@@ -75,10 +79,22 @@ class RemoteTranscriber(Transcriber):
     def __init__(self, handle: Any, sample_rate_hz: int = 16000) -> None:
         self._handle = handle
         self.sample_rate_hz = sample_rate_hz
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make the calls on ``loop`` (the replica's): with Serve's routers on the main loop
+        (``cluster.serve_same_loop``) a handle cannot be called from a worker thread."""
+        self._loop = loop
+
+    async def _call(self, audio: np.ndarray) -> TranscriptResult:
+        return await self._handle.transcribe.remote(audio)
 
     def transcribe(self, audio: np.ndarray) -> TranscriptResult:
         for attempt in (1, 2):
             try:
+                if self._loop is not None and self._loop.is_running():
+                    future = asyncio.run_coroutine_threadsafe(self._call(audio), self._loop)
+                    return future.result(timeout=CALL_TIMEOUT_S)
                 return self._handle.transcribe.remote(audio).result(timeout_s=CALL_TIMEOUT_S)
             except Exception as exc:
                 if attempt == 2 or not _is_transport(exc):

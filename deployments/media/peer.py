@@ -73,7 +73,8 @@ class MediaPeer:
         self.session = session
         self.timeline = AudioTimeline()
         servers = [RTCIceServer(**s) for s in ice_servers]
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
+        # An explicit list, even empty: None would make aiortc use a public STUN server.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         self.audio = AvatarAudioTrack(self.timeline, session.clock)
         self.video = AvatarVideoTrack(session.frame_near, session.clock, fps=fps)
         self._tasks: set[asyncio.Task[None]] = set()

@@ -87,7 +87,11 @@ class StreamingASR:
         allowed_rates: Sequence[int] = DEFAULT_RATES,
         max_chunk_ms: float = 1000,
     ) -> StreamingASRSession:
-        """Start a session; its timestamps come from the chunks and ``clock``."""
+        """Start a session; its timestamps come from the chunks and ``clock``. Call it on the
+        event loop that will read the session's events."""
+        bind = getattr(self.transcriber, "bind_loop", None)
+        if bind is not None:  # a transcriber that must make its calls on this loop
+            bind(asyncio.get_running_loop())
         return StreamingASRSession(self, clock, tuple(allowed_rates), max_chunk_ms)
 
     def _transcribe_blocking(self, job: _Job) -> TranscriptResult | None:

@@ -12,6 +12,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -22,6 +23,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from cluster.app import APP_NAME, build_application  # noqa: E402
 from configs import load_config  # noqa: E402
+from tests.speech import silence, speak  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -196,3 +198,27 @@ async def _scenario(url: str) -> None:
                 break
             await asyncio.sleep(2)
         assert [w for w in wanted if w not in text] == []
+
+        # A spoken question through the cluster: audio in over HTTP, VAD and endpointing on
+        # the renderer, the utterance transcribed by the shared ASR deployment.
+        sid = reply.json()["session_id"]
+        question = np.concatenate([silence(300), speak("Where can I park?"), silence(900)])
+        async with client.stream("GET", f"/v1/sessions/{sid}/events") as events:
+            for start in range(0, len(question), 1600):  # 100 ms chunks at real time
+                chunk = question[start:start + 1600].astype("<i2").tobytes()
+                posted = await client.post(f"/v1/sessions/{sid}/audio?sample_rate_hz=16000",
+                                           content=chunk)
+                assert posted.status_code == 202, posted.text
+                await asyncio.sleep(0.1)
+            kind, heard = "", ""
+            async for line in events.aiter_lines():
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ")
+                elif line.startswith("data: ") and kind in ("transcript", "turn_end", "error"):
+                    data = json.loads(line.removeprefix("data: "))
+                    assert kind != "error", data
+                    if kind == "transcript" and data["text"]:
+                        heard = data["text"]
+                    if kind == "turn_end":
+                        break
+        assert "park" in heard.lower() and "park" in data["reply"].lower()
