@@ -204,3 +204,51 @@ def serve_overhead(
     console.print("targets: " + ", ".join(
         f"[{'green' if ok else 'red'}]{k} <= {figures['targets'][k]}[/]"
         for k, ok in figures["met"].items()))
+
+
+@app.command("e2e")
+def e2e(
+    target: str | None = typer.Option(None, help="URL of a running cluster (make run); "
+                                      "default http://127.0.0.1:8000 when it answers."),
+    serve: bool = typer.Option(False, "--serve", help="Start a local cluster on a free port "
+                               "for the run (the default when --target is not given and "
+                               "nothing answers on 127.0.0.1:8000)."),
+    config: str = ConfigOption,
+    turns: int = typer.Option(8, min=1, max=40, help="Scripted turns, cycling spoken, typed, "
+                              "spoken, barge-in."),
+    json_out: bool = JsonOption,
+    out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
+) -> None:
+    """One session end to end over real WebRTC, measured at an aiortc client: session setup,
+    voice/text to first audio and to the first moving mouth, barge-in stop, frame rate and
+    intervals, A/V offset from decoded frames. Bounded to about 4 minutes."""
+    from cluster.bench.e2e import DEFAULT_TARGET, answers, run_e2e_bench
+
+    if target is not None and serve:
+        console.print("[bold red]error:[/] pass either --target or --serve, not both",
+                      highlight=False)
+        raise typer.Exit(2)
+    cfg = load(config)
+    if target is None and not serve:
+        serve = not answers(DEFAULT_TARGET)
+        target = None if serve else DEFAULT_TARGET
+    with friendly_errors(), Progress(
+        TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("preparing", total=None)
+        figures = run_e2e_bench(cfg, target=target, serve=serve, turns=turns,
+                                progress=lambda step: bar.update(task, description=step))
+    if emit_json(figures, out, json_out):
+        return
+    table = Table(title=f"end to end over WebRTC ({figures['setup']['url']})")
+    for column in ("figure", "p50", "p95", "p99", "n"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for key, value in figures.items():
+        if isinstance(value, dict) and "p50" in value:
+            table.add_row(key, *(f"{value[k]}" for k in ("p50", "p95", "p99", "n")))
+    table.add_row("fps", f"{figures['fps']}", "", "", f"{figures['video_frames']}")
+    console.print(table)
+    console.print("targets: " + ", ".join(
+        f"[{'green' if ok else 'red'}]{k} {figures['targets'][k]}[/]"
+        for k, ok in figures["met"].items()))
