@@ -28,10 +28,11 @@ test: install  ## Run unit, integration and browser tests (GPU tests need a GPU:
 test-all: install  ## Every test category that this machine can run
 	$(BIN)/pytest -q
 
-bench: install  ## Benchmarks; JSON results in out/bench/
+bench: install  ## Benchmarks (pipeline, serve, e2e); JSON results in out/bench/
 	mkdir -p out/bench
 	$(BIN)/avatarctl bench pipeline --json --out out/bench/pipeline.json
 	$(BIN)/avatarctl bench serve --json --out out/bench/serve.json
+	$(BIN)/avatarctl bench e2e --serve --json --out out/bench/e2e.json
 
 lint: install  ## ruff
 	$(BIN)/ruff check .
