@@ -50,7 +50,9 @@ call then crosses threads twice more. Replicas here never block their event loop
 work goes to worker threads), so ``cluster.serve_same_loop`` puts them on the main loop."""
 
 
-def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+def nest_dotted(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``: dotted override keys in the shape
+    :func:`configs.loader.load_config` merges."""
     out: dict[str, Any] = {}
     for key, value in dotted.items():
         node = out
@@ -68,7 +70,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     overrides = args.pop("overrides", {}) or {}
     if args:
         raise ConfigError(f"unknown application args {sorted(args)}; use profile and overrides")
-    return build_application(load_config(profile, overrides=_nested(overrides)))
+    return build_application(load_config(profile, overrides=nest_dotted(overrides)))
 
 
 def absolute_paths(config: AppConfig, root: Path | None = None) -> AppConfig:

@@ -10,11 +10,11 @@ import pytest
 
 from cluster.app import (
     SAME_LOOP_ENV,
-    _nested,
     absolute_paths,
     build_app,
     check_deployable,
     deployment_options,
+    nest_dotted,
 )
 from cluster.serve_llm import MODEL_ID, ServeChatLLM, llm_config_kwargs
 from configs import load_config
@@ -67,7 +67,7 @@ def test_several_knowledge_replicas_are_fine_with_a_qdrant_server():
 
 
 def test_builder_args_and_paths():
-    assert _nested({"a.b.c": 1, "a.d": 2, "e": 3}) == {"a": {"b": {"c": 1}, "d": 2}, "e": 3}
+    assert nest_dotted({"a.b.c": 1, "a.d": 2, "e": 3}) == {"a": {"b": {"c": 1}, "d": 2}, "e": 3}
     with pytest.raises(ConfigError, match="unknown application args"):
         build_app({"profile": "local", "replicas": 3})
     cfg = absolute_paths(load_config("local"), Path("/srv/avatar"))

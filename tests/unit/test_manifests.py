@@ -19,6 +19,7 @@ import ray.serve
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from cluster.app import nest_dotted
 from configs.loader import load_config
 
 pytestmark = pytest.mark.unit
@@ -135,22 +136,10 @@ def _deployment(config: dict[str, Any], name: str) -> dict[str, Any]:
     return matches[0]
 
 
-def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
-    """{"a.b": 1} -> {"a": {"b": 1}}, the shape configs.loader.load_config merges."""
-    out: dict[str, Any] = {}
-    for key, value in dotted.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def _app_config(config: dict[str, Any]):
     args = _app(config).get("args", {})
     return load_config(
-        args.get("profile", "local"), env={}, overrides=_nest(args.get("overrides") or {})
+        args.get("profile", "local"), env={}, overrides=nest_dotted(args.get("overrides") or {})
     )
 
 
