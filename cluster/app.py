@@ -195,6 +195,7 @@ class RendererReplica(Renderer):
             session_store=open_session_store(config.cluster), face=face,
             metrics=RayMetrics(replica=uid), mint=lambda: mint_session_id(uid),
         )
+        self.warm_face()  # a replica starts ready to draw: the first session does not wait
         self._report()
 
     def stats(self) -> dict[str, object]:

@@ -101,6 +101,12 @@ class Renderer:
             kit.avatar_slot = packs[avatar]
         return face
 
+    def warm_face(self) -> None:
+        """Load the face renderer and its avatars now (seconds) instead of at the first video
+        session. Does nothing on a renderer without one."""
+        if self._face_factory is not None:
+            self._loop.face()
+
     def _start_background(self) -> None:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._loop.run(), name="render-loop"),
