@@ -52,6 +52,17 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def percentiles(samples: Iterable[float | None], quantiles: Sequence[int] = (50, 95),
+                digits: int = 1) -> dict[str, float | int | None]:
+    """``{"p50": .., "p95": .., "n": ..}`` of the samples present (None and NaN skipped);
+    each percentile is None when there are none. Benchmarks' JSON uses this shape."""
+    present = [float(s) for s in samples if s is not None and not math.isnan(s)]
+    out: dict[str, float | int | None] = {
+        f"p{q}": round(percentile(present, q), digits) if present else None for q in quantiles}
+    out["n"] = len(present)
+    return out
+
+
 def summarize(samples: Iterable[float], quantiles: Sequence[int] = (50, 95)) -> dict[str, float]:
     """``{"p50": .., "p95": ..}`` rounded to 0.1 ms; NaN-free (missing -> null in JSON)."""
     values = [float(s) for s in samples if s is not None and not math.isnan(s)]

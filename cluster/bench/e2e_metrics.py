@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.timing import percentile
+from deployments.timing import percentiles
 
 SILENCE_RMS = 100.0
 """Audio frames with RMS at or below this (int16 units, ~-50 dBFS) count as silent."""
@@ -68,11 +68,7 @@ TARGETS: dict[str, tuple[str, float]] = {
 
 def summary(values: Sequence[float | None], digits: int = 1) -> dict[str, Any]:
     """``{"p50", "p95", "p99", "n"}`` of the values present (None and NaN are skipped)."""
-    present = [float(v) for v in values if v is not None and not math.isnan(v)]
-    if not present:
-        return {"p50": None, "p95": None, "p99": None, "n": 0}
-    return {f"p{q}": round(percentile(present, q), digits) for q in (50, 95, 99)} | {
-        "n": len(present)}
+    return percentiles(values, (50, 95, 99), digits)
 
 
 def rms(samples: np.ndarray) -> float:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import AppConfig
-from deployments.timing import percentile
+from deployments.timing import percentiles
 from models.errors import BackendError, InputError
 
 Progress = Callable[[str], None]
@@ -52,11 +52,7 @@ PATHS = ("serve", "in_process")
 
 def summary(values: Sequence[float | None], digits: int = 1) -> dict[str, Any]:
     """``{"p50", "p95", "n"}`` of the values that are present (p50/p95 None when none are)."""
-    present = [float(v) for v in values if v is not None]
-    if not present:
-        return {"p50": None, "p95": None, "n": 0}
-    return {"p50": round(percentile(present, 50), digits),
-            "p95": round(percentile(present, 95), digits), "n": len(present)}
+    return percentiles(values, (50, 95), digits)
 
 
 def paired_differences(a: Sequence[float | None], b: Sequence[float | None]) -> list[float]:
