@@ -41,16 +41,15 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 from cluster.bench.e2e_metrics import (
-    SILENCE_RMS,
     TARGETS,
     Recording,
     TurnLog,
     analyse,
     check_targets,
     clock_offset,
-    mouth_box,
     summary,
 )
+from cluster.bench.signals import SILENCE_RMS, mouth_box
 from configs.schema import AppConfig
 from deployments.timing import stage_latencies
 from models.errors import BackendError, BackendUnavailable, InputError

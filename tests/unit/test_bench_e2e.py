@@ -11,13 +11,16 @@ import pytest
 
 from cluster.bench.e2e import script, server_errors, server_marks
 from cluster.bench.e2e_metrics import (
-    SILENCE_RMS,
     Recording,
     TurnLog,
     analyse,
-    best_lag,
     check_targets,
     clock_offset,
+    summary,
+)
+from cluster.bench.signals import (
+    SILENCE_RMS,
+    best_lag,
     first_above,
     idle_threshold,
     intervals_ms,
@@ -26,7 +29,6 @@ from cluster.bench.e2e_metrics import (
     rate_per_s,
     reply_offset,
     silent_from,
-    summary,
 )
 
 pytestmark = pytest.mark.unit
