@@ -94,8 +94,7 @@ class Gateway:
 
     def _translate(self, exc: BaseException) -> ApiError:
         error = unwrap_error(exc, "renderer")
-        if isinstance(error, ClusterFull):
-            self.metrics.rejection(getattr(error, "reason", "full"))
+        if isinstance(error, ClusterFull):  # the renderer that refused counted it
             retry = str(self.config.cluster.retry_after_s)
             return ApiError(503, "every avatar is busy; retry in a few seconds",
                             {"Retry-After": retry})
@@ -117,13 +116,9 @@ class Gateway:
             info = await self.renderers.create_session(persona=persona, video=video,
                                                        resume=resume)
         except Exception as exc:
-            error = self._translate(exc)
-            if error.status == 400:
-                self.metrics.rejection("bad_request")
-            raise error from None
+            raise self._translate(exc) from None
         sid = str(info["session_id"])
         self._holds[sid] = asyncio.create_task(self._hold(sid), name=f"hold-{sid}")
-        self.metrics.session_created()
         base = f"/v1/sessions/{sid}"
         return {**info, "events_url": f"{base}/events", "frame_url": f"{base}/frame.jpg"}
 

@@ -187,13 +187,17 @@ async def _scenario(url: str) -> None:
             await asyncio.sleep(0.5)
         assert reply.status_code == 201, reply.text
 
-        # Prometheus (through the Gateway's /metrics): stage latencies, sessions per renderer,
-        # refusals, turns. Ray's metrics agent exports every few seconds.
+        # Prometheus: stage latencies, sessions per renderer, refusals, turns. Each node's
+        # metrics agent serves its own replicas (the Gateway's /metrics shows its node), and
+        # exports every few seconds.
+        assert "ray_serve" in (await client.get("/metrics")).text
+        ports = [n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]]
         wanted = ["ray_avatar_stage_latency_ms_bucket", 'stage="text_to_first_audio"',
                   "ray_avatar_sessions{", 'reason="full"', 'outcome="answered"']
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            text = (await client.get("/metrics")).text
+            text = "".join([(await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                            for port in ports])
             if all(w in text for w in wanted):
                 break
             await asyncio.sleep(2)
