@@ -87,7 +87,25 @@ class RemoteTranscriber(Transcriber):
         self._loop = loop
 
     async def _call(self, audio: np.ndarray) -> TranscriptResult:
-        return await self._handle.transcribe.remote(audio)
+        response = self._handle.transcribe.remote(audio)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()  # a dropped speculation must not hold the ASR replica's queue
+            raise
+
+    async def transcribe_async(self, audio: np.ndarray) -> TranscriptResult:
+        """:meth:`transcribe` on the caller's loop; cancelling it cancels the remote call,
+        so a speculative transcription dropped because the user went on never runs."""
+        for attempt in (1, 2):
+            try:
+                return await asyncio.wait_for(self._call(audio), CALL_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt == 2 or not _is_transport(exc):
+                    raise unwrap_error(exc, "ASR") from None
+        raise AssertionError("unreachable")
 
     def transcribe(self, audio: np.ndarray) -> TranscriptResult:
         for attempt in (1, 2):

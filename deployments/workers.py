@@ -35,6 +35,9 @@ class ASRWorker:
 
         self.transcriber = create_transcriber(config.models.asr)
         self.sample_rate_hz = self.transcriber.sample_rate_hz
+        # One utterance at a time (the model runs one anyway): calls wait here, where a
+        # caller's cancellation (a speculation the user talked over) removes them unrun.
+        self._turns = asyncio.Semaphore(1)
         if warmup:
             self.transcriber.warmup()
 
@@ -46,7 +49,8 @@ class ASRWorker:
         if len(audio) > MAX_UTTERANCE_S * self.sample_rate_hz:
             raise InputError(f"utterance is {len(audio) / self.sample_rate_hz:.1f} s; the ASR "
                              f"deployment takes at most {MAX_UTTERANCE_S:.0f} s per call")
-        return await asyncio.to_thread(self.transcriber.transcribe, audio)
+        async with self._turns:
+            return await asyncio.to_thread(self.transcriber.transcribe, audio)
 
     def info(self) -> dict[str, object]:
         return {"backend": self.transcriber.name, "sample_rate_hz": self.sample_rate_hz}

@@ -2,7 +2,8 @@
 
 ``feed`` runs inline and cheaply: validate, resample to 16 kHz, cut 512-sample (32 ms) frames,
 ask the VAD about each, and advance the state machine below. Transcription is the only slow
-step; it runs in a worker thread, one at a time per :class:`StreamingASR`.
+step; it runs in a worker thread, one at a time per :class:`StreamingASR`, or, for a transcriber
+with ``transcribe_async`` (the ASR deployment), as a cancellable call on the session's loop.
 
 State machine, per utterance::
 
@@ -93,6 +94,16 @@ class StreamingASR:
         if bind is not None:  # a transcriber that must make its calls on this loop
             bind(asyncio.get_running_loop())
         return StreamingASRSession(self, clock, tuple(allowed_rates), max_chunk_ms)
+
+    async def _transcribe_async(self, job: _Job) -> TranscriptResult | None:
+        """A transcriber with ``transcribe_async`` (a remote deployment): cancelling the job's
+        task cancels the call itself instead of leaving it queued behind the final one."""
+        audio = job.audio
+        if self.transcriber.sample_rate_hz != VAD_RATE_HZ:
+            audio = resample(audio, VAD_RATE_HZ, self.transcriber.sample_rate_hz)
+        result: TranscriptResult = await self.transcriber.transcribe_async(  # type: ignore[attr-defined]
+            audio)
+        return result
 
     def _transcribe_blocking(self, job: _Job) -> TranscriptResult | None:
         lock = contextlib.nullcontext() if self.transcriber.concurrent else self._lock
@@ -280,9 +291,12 @@ class StreamingASRSession(ASRSession):
 
     def _submit(self, audio: np.ndarray) -> _Job:
         job = _Job(audio=audio)
-        job.task = asyncio.ensure_future(
-            asyncio.to_thread(self._owner._transcribe_blocking, job)
-        )
+        if hasattr(self._owner.transcriber, "transcribe_async"):
+            job.task = asyncio.ensure_future(self._owner._transcribe_async(job))
+        else:
+            job.task = asyncio.ensure_future(
+                asyncio.to_thread(self._owner._transcribe_blocking, job)
+            )
         job.task.add_done_callback(_consume_exception)
         return job
 

@@ -323,3 +323,40 @@ async def test_aclose_cancels_pending_work_and_ends_events() -> None:
     assert h.kinds() == ["SpeechStarted", "SpeechEnded"]
     with pytest.raises(InputError, match="closed"):
         h.session.feed(AudioChunk(quiet(20), RATE, 0.0))
+
+
+class AsyncTranscriber(FakeTranscriber):
+    """A transcriber with ``transcribe_async`` (as the ASR deployment's adapter): each call
+    waits on ``release``; records calls started and calls cancelled."""
+
+    concurrent = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.started: list[float] = []
+        self.cancelled = 0
+
+    async def transcribe_async(self, audio: np.ndarray) -> TranscriptResult:
+        self.started.append(1000.0 * len(audio) / self.sample_rate_hz)
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return TranscriptResult(f"audio {round(self.started[-1])} ms", confidence=0.9)
+
+
+async def test_a_dropped_speculation_cancels_the_remote_call() -> None:
+    fake = AsyncTranscriber()
+    h = Harness(fake)
+    # Two pauses past speculative_after_ms but short of the endpoint, then the real end.
+    await h.feed(np.concatenate([quiet(200), voiced(300), quiet(130), voiced(300), quiet(130),
+                                 voiced(300), quiet(400)]))
+    fake.release.set()
+    await h.settle(1)
+    # Both speculations were cancelled while they waited; the final call answered.
+    assert fake.cancelled == 2 and len(fake.started) == 3
+    assert h.of(Transcript)[0].text == f"audio {round(fake.started[-1])} ms"
+    assert fake.calls == []  # the blocking path was never used
+    await h.close()

@@ -99,6 +99,7 @@ class FakeResponse:
     reply: Reply
     timeouts: list[float | None] = field(default_factory=list)
     awaited: bool = False
+    cancelled: int = 0
 
     def result(self, timeout_s: float | None = None) -> Any:
         self.timeouts.append(timeout_s)
@@ -112,9 +113,14 @@ class FakeResponse:
     async def _wait(self) -> Any:
         self.awaited = True
         await asyncio.sleep(0)
+        if self.reply.hang:
+            await asyncio.Event().wait()
         if self.reply.error is not None:
             raise self.reply.error
         return self.reply.value
+
+    def cancel(self) -> None:
+        self.cancelled += 1
 
 
 @dataclass
@@ -430,3 +436,28 @@ def test_knowledge_refuses_ingest_through_a_renderer() -> None:
     with pytest.raises(BackendError, match="avatarctl kb ingest") as info:
         RemoteKnowledge(handle).ingest("t1", "kb1", [Document("x", "x.md")])
     assert info.value.retryable is False and handle.calls == []
+
+
+
+async def test_async_transcription_returns_the_replicas_result() -> None:
+    handle = FakeHandle(Reply(value=TranscriptResult("hello", confidence=0.8)))
+    result = await RemoteTranscriber(handle).transcribe_async(np.zeros(10, np.float32))
+    assert result.text == "hello" and handle.calls[0].response.awaited
+
+
+async def test_cancelling_an_async_transcription_cancels_the_call_on_the_replica() -> None:
+    handle = FakeHandle(Reply(hang=True))
+    task = asyncio.ensure_future(
+        RemoteTranscriber(handle).transcribe_async(np.zeros(10, np.float32)))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    response = handle.calls[0].response
+    assert isinstance(response, FakeResponse) and response.cancelled == 1
+
+
+async def test_async_transcription_retries_a_transport_failure_once() -> None:
+    handle = FakeHandle(Reply(error=RuntimeError("replica died")),
+                        Reply(value=TranscriptResult("hi")))
+    assert (await RemoteTranscriber(handle).transcribe_async(np.zeros(10))).text == "hi"
