@@ -51,11 +51,14 @@ from cluster.bench.e2e_metrics import (
 )
 from cluster.bench.signals import SILENCE_RMS, mouth_box
 from configs.schema import AppConfig
+from deployments.media.peer import set_audio_prefetch
 from deployments.timing import stage_latencies
 from models.errors import BackendError, BackendUnavailable, InputError
 
 Progress = Callable[[str], None]
 RATE = 48000
+CLIENT_AUDIO_PREFETCH_FRAMES = 2
+"""Audio packets the client holds before decoding: 40 ms, what aiortc holds of video."""
 FRAME = 960
 LISTEN_S = 4.0
 """How long each reply is heard before the client stops it."""
@@ -143,6 +146,9 @@ class Client:
         self.mic = Microphone()
         self.pc.addTrack(self.mic)
         self.pc.addTransceiver("video", direction="recvonly")
+        # Play audio as late as video (aiortc decodes a video frame when the next one starts
+        # arriving, one interval later), as a player keeping its tracks in sync would.
+        set_audio_prefetch(self.pc, CLIENT_AUDIO_PREFETCH_FRAMES)
         self.channel = self.pc.createDataChannel("events")
         self.opened = asyncio.Event()
         self.first_frame = asyncio.Event()
@@ -484,7 +490,8 @@ def run_e2e_bench(config: AppConfig, *, target: str | None = None, serve: bool =
         "url": url, "started_cluster": serve, "startup_s": _round(startup_s),
         "profile": config.profile, "turns": len(raw["turns"]), "turns_skipped": raw["skipped"],
         "listen_s": LISTEN_S, "barge_after_s": BARGE_AFTER_S, "readyz": raw["readyz"],
-        "mic_max_lag_ms": raw["mic_max_lag_ms"], "cpus": os.cpu_count(),
+        "mic_max_lag_ms": raw["mic_max_lag_ms"],
+        "client_audio_prefetch_frames": CLIENT_AUDIO_PREFETCH_FRAMES, "cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
         "machine": platform.machine(), "python": platform.python_version(),
         "aiortc": aiortc.__version__,

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from deployments.live_session import LiveSession
+from deployments.media.encode import EncoderPool, forward_keyframe_requests
 from deployments.media.timeline import AudioTimeline
 from deployments.media.tracks import AvatarAudioTrack, AvatarVideoTrack
-from models.errors import AvatarError, InputError
+from models.errors import AvatarError, BackendError, InputError
 from models.frames import Interrupt, SpeechAudio
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,42 @@ def check_offer(sdp: object, kind: object) -> str:
     return sdp
 
 
+MIC_PREFETCH_FRAMES = 1
+"""Microphone packets aiortc holds before decoding (its default is 4, 80 ms of Opus): speech
+recognition needs the packets in order, not smoothed playout, so one is enough."""
+
+
+def set_audio_prefetch(pc: Any, frames: int) -> int:
+    """Make each audio receiver of ``pc`` decode after ``frames`` further packets instead of
+    aiortc's 4. Returns how many receivers changed (0 on an aiortc without that buffer)."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    changed = 0
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        name = "_RTCRtpReceiver__jitter_buffer"  # aiortc 1.16 keeps it private
+        if transceiver.kind == "audio" and hasattr(receiver, name):
+            old = getattr(receiver, name)
+            setattr(receiver, name, JitterBuffer(capacity=old.capacity, prefetch=frames))
+            changed += 1
+    return changed
+
+
+def negotiated_codec(sdp: str, kind: str) -> str | None:
+    """The codec an SDP sends first for ``kind`` (e.g. ``VP8``): its m-line's first payload
+    type, named by its rtpmap."""
+    first: str | None = None
+    for line in sdp.splitlines():
+        if line.startswith(f"m={kind} "):
+            parts = line.split()
+            first = parts[3] if len(parts) > 3 else None
+        elif first is not None and line.startswith(f"a=rtpmap:{first} "):
+            return line.split(" ", 1)[1].split("/", 1)[0]
+        elif first is not None and line.startswith("m="):
+            return None
+    return None
+
+
 def mic_to_mono(frame: Any) -> tuple[np.ndarray, int]:
     """A decoded microphone frame as int16 mono samples and its rate."""
     samples = frame.to_ndarray()
@@ -67,7 +104,7 @@ class MediaPeer:
     """The WebRTC side of one session (created by the renderer for each offer)."""
 
     def __init__(self, session: LiveSession, ice_servers: Sequence[dict[str, Any]] = (),
-                 fps: int = 25) -> None:
+                 fps: int = 25, encoders: EncoderPool | None = None) -> None:
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
         self.session = session
@@ -79,6 +116,7 @@ class MediaPeer:
         self.video = AvatarVideoTrack(session.frame_near, session.clock, fps=fps)
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: Any = None
+        self._encoders = encoders
         self.closed = asyncio.Event()
         self.mic_samples = 0
         self.pc.on("track", self._on_track)
@@ -95,6 +133,7 @@ class MediaPeer:
             await self.pc.setRemoteDescription(offer)
         except (ValueError, KeyError, IndexError) as exc:
             raise InputError(f"the offer could not be applied: {exc}") from None
+        set_audio_prefetch(self.pc, MIC_PREFETCH_FRAMES)
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if not kinds & {"audio", "video"}:
             raise InputError("the offer has no audio or video section; add recvonly audio and "
@@ -107,6 +146,15 @@ class MediaPeer:
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)  # waits for ICE gathering
         local = self.pc.localDescription
+        if self._encoders is not None and "video" in kinds and \
+                negotiated_codec(local.sdp, "video") == "VP8":
+            # VP8 in a worker process; any other codec stays with aiortc's own encoder.
+            try:
+                await self._encoders.start()
+                self.video.encoder = self._encoders.open()
+                forward_keyframe_requests(self.pc, self.video.encoder)
+            except BackendError as exc:
+                log.warning("encoding this session's video in-process: %s", exc)
         return {"sdp": local.sdp, "type": local.type}
 
     # --- in ---------------------------------------------------------------------------------
@@ -194,6 +242,8 @@ class MediaPeer:
         self.session.remove_listener(self._on_session_event)
         self.audio.stop()
         self.video.stop()
+        if self.video.encoder is not None:
+            self.video.encoder.close()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):
