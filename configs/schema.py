@@ -242,6 +242,15 @@ class WebRTCConfig(Strict):
         "clients get time-limited credentials (the TURN REST scheme)."
     )
     turn_ttl_s: int = Field(3600, ge=60, le=86400, description="Lifetime of TURN credentials.")
+    encoder_processes: int = Field(
+        0, ge=0, le=64, description="VP8 encoder processes per renderer replica: its video "
+        "sessions spread over them (one process tops out near five 512 px peers). 0 = "
+        "aiortc's own encoder in the renderer's threads, with bitrate adaptation."
+    )
+    video_bitrate_kbps: int = Field(
+        600, ge=100, le=8000, description="Constant VP8 bitrate per session with "
+        "encoder_processes > 0."
+    )
 
 
 class ClusterConfig(Strict):
@@ -275,6 +284,10 @@ class RegionConfig(Strict):
     price_per_gpu_hour_usd: float = Field(ge=0)
     egress_price_per_gb_usd: float = Field(0.0, ge=0)
     renderer_capacity_sessions: int = Field(8, ge=0)
+    sessions_per_gpu: int = Field(
+        16, ge=1, description="Renderer sessions one GPU of gpu_type holds within the SLO, as "
+        "measured (avatarctl bench render): sets the GPU share of the cost per avatar-hour."
+    )
     latitude_deg: float = Field(0.0, ge=-90, le=90)
     longitude_deg: float = Field(0.0, ge=-180, le=180)
 

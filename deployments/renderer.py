@@ -25,6 +25,7 @@ from configs.loader import load_persona
 from configs.schema import AppConfig
 from deployments.conductor import Conductor
 from deployments.live_session import LiveSession, PersonaKit, WireEvent
+from deployments.media.encode import EncoderPool
 from deployments.metrics import MetricsSink
 from deployments.render_loop import RenderLoop
 from deployments.services import ConversationServices, knowledge_base_for
@@ -78,6 +79,10 @@ class Renderer:
                                 self.metrics, lead_ms=1000.0 / fps)
         self.sessions: dict[str, LiveSession] = {}
         self._reserved = 0
+        webrtc = config.cluster.webrtc
+        self.encoders = EncoderPool(webrtc.encoder_processes, fps=fps,
+                                    bitrate_kbps=webrtc.video_bitrate_kbps) \
+            if webrtc.encoder_processes > 0 and face is not None else None
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -111,6 +116,15 @@ class Renderer:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._loop.run(), name="render-loop"),
                            asyncio.create_task(self._sweep(), name="idle-sweeper")]
+            if self.encoders is not None:  # ready before the first offer arrives
+                self._tasks.append(asyncio.create_task(self._start_encoders()))
+
+    async def _start_encoders(self) -> None:
+        assert self.encoders is not None
+        try:
+            await self.encoders.start()
+        except Exception as exc:  # the first offer tries again and reports it
+            log.warning("video encoder processes did not start: %s", exc)
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -232,7 +246,8 @@ class Renderer:
             await asyncio.to_thread(self._loop.face)
             session.video = True
         servers = ice_servers(self.config.cluster.webrtc, session_id)
-        peer = MediaPeer(session, servers, fps=self.config.models.render.fps)
+        peer = MediaPeer(session, servers, fps=self.config.models.render.fps,
+                         encoders=self.encoders)
         try:
             answer = await peer.answer(sdp, kind)
         except BaseException:
@@ -314,6 +329,8 @@ class Renderer:
             "video_sessions": sum(1 for s in self.sessions.values() if s.video),
             "frames_rendered": self._loop.frames_rendered,
             "frames_dropped": self._loop.frames_dropped,
+            "encoder_processes": [] if self.encoders is None
+            else self.encoders.sessions_per_process(),
         }
 
     def record_routing_stats(self) -> dict[str, object]:
@@ -329,6 +346,8 @@ class Renderer:
             task.cancel()
         for sid in list(self.sessions):
             await self.close_session(sid)
+        if self.encoders is not None:
+            await self.encoders.shutdown()
 
 
 def renderer_from_services(
@@ -338,9 +357,11 @@ def renderer_from_services(
     replica_id: str = "local",
     video: bool = True,
     metrics: MetricsSink | None = None,
+    config: AppConfig | None = None,
 ) -> Renderer:
-    """A renderer on in-process models (one process, no cluster): scripts and tests."""
-    config = services.config
+    """A renderer on in-process models (one process, no cluster): scripts and tests.
+    ``config`` replaces the services' own for the renderer (WebRTC and capacity settings)."""
+    config = config or services.config
     face = None
     if video:
         render = config.models.render

@@ -152,6 +152,48 @@ def render(
                       f"{s['reason']}")
 
 
+@app.command("encode")
+def encode(
+    sessions: str = typer.Option("1,2,4,6,8,12,16", help="Video peers to try, comma "
+                                 "separated (the sweep stops after two that fall behind)."),
+    size: int = typer.Option(512, help="Frame size in px."),
+    processes: int | None = typer.Option(None, min=1, help="Encoder processes for the "
+                                         "processes mode (default: one per usable core)."),
+    seconds: float = typer.Option(4.0, min=1.0, help="Send time per step."),
+    json_out: bool = JsonOption,
+    out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
+) -> None:
+    """VP8 encoding at 25 fps per peer: how many peers keep up with aiortc's encoder in the
+    renderer's threads, and with the encoder processes (cluster.webrtc.encoder_processes)."""
+    import asyncio
+
+    from cluster.bench.encode import run_encode_bench
+
+    counts = tuple(_int_list(sessions, "sessions"))
+    with friendly_errors(), Progress(
+        TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting encoder processes", total=None)
+        figures = asyncio.run(run_encode_bench(
+            size, counts, processes, seconds,
+            progress=lambda mode, n: bar.update(task, description=f"{mode}: {n} peers done")))
+    if emit_json(figures, out, json_out):
+        return
+    table = Table(title=f"VP8 at {size} px, 25 fps per peer, {figures['setup']['cores']} cores")
+    for col in ("mode", "peers", "fps min", "fps p50", "latency p50 ms", "latency p99 ms",
+                "kept up"):
+        table.add_column(col, justify="right")
+    for mode, m in figures["modes"].items():
+        for r in m["sweep"]:
+            table.add_row(mode, str(r["sessions"]), str(r["fps_min"]), str(r["fps_p50"]),
+                          str(r["frame_latency_ms"]["p50"]), str(r["frame_latency_ms"]["p99"]),
+                          "[green]yes[/]" if r["kept_up"] else "[red]no[/]")
+    console.print(table)
+    console.print("max peers at 25 fps: " + ", ".join(
+        f"{mode} {m['max_sessions_at_fps']}" for mode, m in figures["modes"].items()))
+
+
 @app.command("serve")
 def serve_overhead(
     config: str = ConfigOption,

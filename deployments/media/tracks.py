@@ -10,18 +10,21 @@ building up latency.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from fractions import Fraction
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame, VideoFrame
+from av import AudioFrame, Packet, VideoFrame
 
+from deployments.media.encode import VideoEncoder
 from deployments.media.timeline import AudioTimeline
 from models.clock import Clock
 from models.errors import BackendError, ConfigError
 
+log = logging.getLogger(__name__)
 MAX_LATE_MS = 200.0
 """A frame later than this is skipped: the track jumps to the current grid slot."""
 VIDEO_CLOCK_HZ = 90000
@@ -124,14 +127,17 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._pacer = _Pacer(clock, 1000.0 / fps, sleep)
         self._last: np.ndarray | None = None
         self.frames_sent = 0
+        self.encoder: VideoEncoder | None = None
+        """Set (before the first frame) to send VP8 packets encoded in a worker process."""
 
     @property
     def skipped_frames(self) -> int:
         """Frames jumped over because the consumer fell more than 200 ms behind."""
         return self._pacer.skipped
 
-    async def recv(self) -> VideoFrame:
-        """The next image of the avatar, at (never before) its media time."""
+    async def recv(self) -> VideoFrame | Packet:
+        """The next image of the avatar, at (never before) its media time: a frame for
+        aiortc to encode, or the VP8 packet of it from :attr:`encoder`."""
         if self.readyState != "live":
             raise MediaStreamError
         start_ms = await self._pacer.wait_next(lambda: self.readyState == "live")
@@ -140,10 +146,18 @@ class AvatarVideoTrack(MediaStreamTrack):
             self._last = _checked_image(image)
         elif self._last is None:
             self._last = np.zeros((BLACK_SIZE_PX, BLACK_SIZE_PX, 3), dtype=np.uint8)
-        frame = VideoFrame.from_ndarray(self._last, format="rgb24")
-        frame.pts = round(start_ms * VIDEO_CLOCK_HZ / 1000.0)
-        frame.time_base = Fraction(1, VIDEO_CLOCK_HZ)
+        pts = round(start_ms * VIDEO_CLOCK_HZ / 1000.0)
         self.frames_sent += 1
+        if self.encoder is not None:
+            try:
+                return await self.encoder.encode(self._last, pts)
+            except BackendError as exc:  # the stream goes on with aiortc's own encoder
+                log.warning("video encoder process lost, encoding in-process: %s", exc)
+                self.encoder.close()
+                self.encoder = None
+        frame = VideoFrame.from_ndarray(self._last, format="rgb24")
+        frame.pts = pts
+        frame.time_base = Fraction(1, VIDEO_CLOCK_HZ)
         return frame
 
 

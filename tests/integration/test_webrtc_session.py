@@ -184,3 +184,35 @@ async def test_a_malformed_offer_is_refused_and_the_session_goes_on(services, tm
     assert await renderer.send_text(sid, "Hello") >= 1
     await renderer.aclose()
     store.close()
+
+
+async def test_video_encoded_in_a_worker_process_reaches_the_client(services, tmp_path):
+    config = services.config.model_copy(update={"cluster": services.config.cluster.model_copy(
+        update={"webrtc": services.config.cluster.webrtc.model_copy(
+            update={"encoder_processes": 1})})})
+    store = SQLiteSessionStore(tmp_path / "sessions.sqlite3")
+    renderer = renderer_from_services(services, store, replica_id="r1", config=config)
+    sid = (await renderer.create_session(video=True))["session_id"]
+    client = Client()
+    try:
+        offer = await client.pc.createOffer()
+        await client.pc.setLocalDescription(offer)
+        answer = await renderer.connect(sid, client.pc.localDescription.sdp, "offer")
+        await client.pc.setRemoteDescription(RTCSessionDescription(**answer))
+        await asyncio.wait_for(client.opened.wait(), 20)
+        assert renderer.stats()["encoder_processes"] == [1]
+        client.channel.send(json.dumps({"type": "text", "text": "Where can I park?"}))
+        await client.wait_for("turn_end")
+        await asyncio.sleep(1.0)
+        assert len(client.frames) >= 25, "no video decoded from the encoder process"
+        moving = [np.abs(a.astype(int) - b.astype(int)).mean()
+                  for a, b in zip(client.frames, client.frames[1:], strict=False)]
+        assert max(moving) > 0.5, "the face never moved"
+        encoder = renderer.sessions[sid].peer.video.encoder
+        assert encoder is not None and encoder.frames >= len(client.frames)
+    finally:
+        await client.close()
+    await renderer.close_session(sid)
+    assert renderer.stats()["encoder_processes"] == [0]
+    await renderer.aclose()
+    store.close()

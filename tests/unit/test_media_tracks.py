@@ -193,3 +193,27 @@ async def test_frames_are_accepted_by_aiortcs_opus_and_vp8_encoders() -> None:
         assert payloads and sum(map(len, payloads)) > 0
         first = timestamp if first is None else first
         assert timestamp - first == 3600 * k  # 40 ms on the 90 kHz clock
+
+
+class BrokenEncoder:
+    """An encoder whose process died: every frame fails."""
+
+    closed = False
+
+    async def encode(self, image: np.ndarray, pts: int) -> object:
+        from models.errors import BackendError
+
+        raise BackendError("video encoder process 123 exited")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_video_goes_on_in_process_when_its_encoder_process_is_lost() -> None:
+    clock = ManualClock(0.0)
+    track = AvatarVideoTrack(lambda _t: image(7), clock, sleep=VirtualSleep(clock))
+    broken = BrokenEncoder()
+    track.encoder = broken  # type: ignore[assignment]
+    frame = await track.recv()  # a raw frame: aiortc's own encoder takes over
+    assert frame.to_ndarray(format="rgb24")[0, 0, 0] == 7
+    assert track.encoder is None and broken.closed
