@@ -32,13 +32,14 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from cluster.cli import avatar, bench, chat, kb, serve
+    from cluster.cli import avatar, bench, chat, kb, plan, serve
 
     app.add_typer(kb.app, name="kb")
     app.add_typer(avatar.app, name="avatar")
     app.add_typer(bench.app, name="bench")
     chat.register(app)
     serve.register(app)
+    plan.register(app)
 
 
 def main() -> None:
