@@ -210,4 +210,5 @@ class LiveSession:
             "session_id": self.session_id, "persona": self.kit.persona.name,
             "tenant": self.tenant, "state": self.conductor.state, "turns": self.turns,
             "video": self.video, "created_ms": round(self.created_ms, 1),
+            "media": None if self.peer is None else self.peer.stats(),
         }

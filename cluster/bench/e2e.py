@@ -377,6 +377,8 @@ async def _conversation(url: str, plan: list[tuple[str, str, str | None]],
             out["recording"] = client.recording(out["turns"], offset)
             out["events"] = client.events
             out["mic_max_lag_ms"] = round(client.mic.max_lag_s * 1000.0, 1)
+            info = (await http.get(f"/v1/sessions/{sid}")).json()
+            out["server_media"] = info.get("media")
         finally:
             await client.close()
             if sid:
@@ -486,6 +488,7 @@ def run_e2e_bench(config: AppConfig, *, target: str | None = None, serve: bool =
                               "server_errors": server_errors(raw["events"])}
     report["targets"] = {k: f"{op} {bound:g}" for k, (op, bound) in TARGETS.items()}
     report["met"] = check_targets(report)
+    report["server_media"] = raw.get("server_media")
     report["setup"] = {
         "url": url, "started_cluster": serve, "startup_s": _round(startup_s),
         "profile": config.profile, "turns": len(raw["turns"]), "turns_skipped": raw["skipped"],

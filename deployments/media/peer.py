@@ -223,6 +223,21 @@ class MediaPeer:
         if channel is not None and channel.readyState == "open":
             channel.send(json.dumps({"type": kind, **data}, separators=(",", ":")))
 
+    def stats(self) -> dict[str, object]:
+        """Media figures of this peer: frames sent and how late they left."""
+        from deployments.timing import percentiles
+
+        return {
+            "connection": self.pc.connectionState, "mic_samples": self.mic_samples,
+            "audio_frames_sent": self.audio.frames_sent,
+            "video_frames_sent": self.video.frames_sent,
+            "video_frames_skipped": self.video.skipped_frames,
+            "audio_send_late_ms": percentiles(self.audio.late_ms, (50, 95, 99)),
+            "video_send_late_ms": percentiles(self.video.late_ms, (50, 95, 99)),
+            "video_encoder": "aiortc" if self.video.encoder is None
+            else f"process {self.video.encoder.index}",
+        }
+
     # --- lifecycle --------------------------------------------------------------------------
 
     def _spawn(self, coro: Any) -> None:

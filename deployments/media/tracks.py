@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from fractions import Fraction
 
@@ -25,6 +26,8 @@ from models.clock import Clock
 from models.errors import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
+LATE_WINDOW = 1500
+"""Frames whose send lateness is kept (a minute of video at 25 fps)."""
 MAX_LATE_MS = 200.0
 """A frame later than this is skipped: the track jumps to the current grid slot."""
 VIDEO_CLOCK_HZ = 90000
@@ -35,7 +38,8 @@ FrameSource = Callable[[float], np.ndarray | None]
 
 
 class _Pacer:
-    """Slots of ``period_ms`` on the media clock: slot ``n`` starts at ``n * period_ms``."""
+    """Slots of ``period_ms`` on the media clock: slot ``n`` starts at ``n * period_ms``.
+    ``late_ms`` keeps how late the recent frames left (slot start to hand-off to aiortc)."""
 
     def __init__(self, clock: Clock, period_ms: float, sleep: Sleep) -> None:
         self.clock = clock
@@ -43,6 +47,10 @@ class _Pacer:
         self.sleep = sleep
         self.next_slot: int | None = None
         self.skipped = 0
+        self.late_ms: deque[float] = deque(maxlen=LATE_WINDOW)
+
+    def handed_off(self, start_ms: float) -> None:
+        self.late_ms.append(self.clock.now_ms() - start_ms)
 
     def _slot_at(self, ms: float) -> int:
         return math.floor(ms / self.period_ms + 1e-9)
@@ -91,6 +99,12 @@ class AvatarAudioTrack(MediaStreamTrack):
         """Frames jumped over because the consumer fell more than 200 ms behind."""
         return self._pacer.skipped
 
+    @property
+    def late_ms(self) -> list[float]:
+        """How late each recent frame was handed to aiortc after its slot began (ms); for
+        video with encoder processes, after its VP8 packet came back."""
+        return list(self._pacer.late_ms)
+
     async def recv(self) -> AudioFrame:
         """The next frame of the avatar's voice, at (never before) its media time."""
         if self.readyState != "live":
@@ -102,6 +116,7 @@ class AvatarAudioTrack(MediaStreamTrack):
         frame.pts = round(start_ms * self.timeline.sample_rate_hz / 1000.0)
         frame.time_base = self._time_base
         self.frames_sent += 1
+        self._pacer.handed_off(start_ms)
         return frame
 
 
@@ -135,6 +150,12 @@ class AvatarVideoTrack(MediaStreamTrack):
         """Frames jumped over because the consumer fell more than 200 ms behind."""
         return self._pacer.skipped
 
+    @property
+    def late_ms(self) -> list[float]:
+        """How late each recent frame was handed to aiortc after its slot began (ms); for
+        video with encoder processes, after its VP8 packet came back."""
+        return list(self._pacer.late_ms)
+
     async def recv(self) -> VideoFrame | Packet:
         """The next image of the avatar, at (never before) its media time: a frame for
         aiortc to encode, or the VP8 packet of it from :attr:`encoder`."""
@@ -150,7 +171,9 @@ class AvatarVideoTrack(MediaStreamTrack):
         self.frames_sent += 1
         if self.encoder is not None:
             try:
-                return await self.encoder.encode(self._last, pts)
+                packet = await self.encoder.encode(self._last, pts)
+                self._pacer.handed_off(start_ms)
+                return packet
             except BackendError as exc:  # the stream goes on with aiortc's own encoder
                 log.warning("video encoder process lost, encoding in-process: %s", exc)
                 self.encoder.close()
@@ -158,6 +181,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         frame = VideoFrame.from_ndarray(self._last, format="rgb24")
         frame.pts = pts
         frame.time_base = Fraction(1, VIDEO_CLOCK_HZ)
+        self._pacer.handed_off(start_ms)
         return frame
 
 

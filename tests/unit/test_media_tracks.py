@@ -217,3 +217,13 @@ async def test_video_goes_on_in_process_when_its_encoder_process_is_lost() -> No
     frame = await track.recv()  # a raw frame: aiortc's own encoder takes over
     assert frame.to_ndarray(format="rgb24")[0, 0, 0] == 7
     assert track.encoder is None and broken.closed
+
+
+async def test_send_lateness_is_kept_per_frame() -> None:
+    clock = ManualClock(0.0)
+    track = AvatarVideoTrack(lambda _t: image(1), clock, fps=25, sleep=VirtualSleep(clock))
+    await track.recv()
+    await track.recv()  # on time: slot 40 ms, handed off at 40 ms
+    clock.advance(65.0)  # the sender came back 25 ms after slot 80 began
+    await track.recv()
+    assert track.late_ms == [0.0, 0.0, 25.0]
