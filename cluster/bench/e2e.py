@@ -144,6 +144,8 @@ class Client:
         # no ICE servers: aiortc would otherwise ask a public STUN server
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = Microphone()
+        self.http: Any = None
+        """The session's HTTP calls with its token (:class:`SessionHTTP`), once connected."""
         self.pc.addTrack(self.mic)
         self.pc.addTransceiver("video", direction="recvonly")
         # Play audio as late as video (aiortc decodes a video frame when the next one starts
@@ -222,7 +224,14 @@ class Client:
         """Start a session with video and connect to it; ``(session_id, setup_ms)`` where
         setup runs from the POST to the first decoded video frame."""
         t0 = now()
-        sid = str((await _post(http, "/v1/sessions", {"video": True}))["session_id"])
+        body = await _post(http, "/v1/sessions", {"video": True})
+        sid = str(body["session_id"])
+        self.http = SessionHTTP(http, sid, body.get("token"))
+        return sid, await self.negotiate(self.http, sid, t0)
+
+    async def negotiate(self, http: Any, sid: str, t0: float) -> float:
+        """Offer/answer for the created session ``sid`` and wait for its first video frame
+        and the data channel; returns the setup time (ms) from ``t0`` to that frame."""
         await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers ICE
         local = self.pc.localDescription
         answer = await _post(http, f"/v1/sessions/{sid}/offer",
@@ -236,7 +245,7 @@ class Client:
         except TimeoutError:
             raise BackendError("no video frame or data channel 20 s after the WebRTC answer; "
                                "is UDP between this machine and the renderer open?") from None
-        return sid, setup_ms
+        return setup_ms
 
     async def sync_clock(self, pings: int = 10) -> float | None:
         """Client time minus the session's media time, from ``pings`` ping/pong pairs."""
@@ -299,6 +308,24 @@ class Client:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class SessionHTTP:
+    """The run's HTTP client for one session's calls: adds the session's token (``token``
+    from ``POST /v1/sessions``) as ``Authorization: Bearer`` to every request."""
+
+    def __init__(self, http: Any, sid: str, token: str | None) -> None:
+        self.http, self.sid = http, sid
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def post(self, path: str, **kwargs: Any) -> Any:
+        return await self.http.post(path, headers=self.headers, **kwargs)
+
+    async def get(self, path: str, **kwargs: Any) -> Any:
+        return await self.http.get(path, headers=self.headers, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> Any:
+        return await self.http.delete(path, headers=self.headers, **kwargs)
 
 
 async def _post(http: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -377,12 +404,12 @@ async def _conversation(url: str, plan: list[tuple[str, str, str | None]],
             out["recording"] = client.recording(out["turns"], offset)
             out["events"] = client.events
             out["mic_max_lag_ms"] = round(client.mic.max_lag_s * 1000.0, 1)
-            info = (await http.get(f"/v1/sessions/{sid}")).json()
+            info = (await client.http.get(f"/v1/sessions/{sid}")).json()
             out["server_media"] = info.get("media")
         finally:
             await client.close()
             if sid:
-                await http.delete(f"/v1/sessions/{sid}")
+                await client.http.delete(f"/v1/sessions/{sid}")
         for i in range(SETUP_REPEATS - 1):  # more setups, each a fresh session
             if now() > deadline:
                 break
@@ -395,8 +422,12 @@ async def _conversation(url: str, plan: list[tuple[str, str, str | None]],
             finally:
                 await extra.close()
                 if sid:
-                    await http.delete(f"/v1/sessions/{sid}")
+                    await extra.http.delete(f"/v1/sessions/{sid}")
     return out
+
+
+play_turn = _play_turn
+"""Public name of :func:`_play_turn`: the load-test harness plays the same turns."""
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -429,6 +460,10 @@ def _voices(questions: list[str]) -> dict[str, Any]:
     return {text: SimpleNamespace(pcm48=resample(u.pcm, RATE_HZ, RATE), voiced_start_ms=
                                   u.voiced_start_ms, voiced_end_ms=u.voiced_end_ms)
             for text, u in synthesise(questions).items()}
+
+
+voices = _voices
+"""Public name of :func:`_voices`: the load-test harness speaks the same questions."""
 
 
 def server_marks(events: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
