@@ -253,6 +253,41 @@ class WebRTCConfig(Strict):
     )
 
 
+class AuthConfig(Strict):
+    """Who may do what: session tokens for a session's own routes, API keys for the rest."""
+
+    require_session_token: bool = Field(
+        True, description="Every call on a session needs the token its creation returned "
+        "(Authorization: Bearer, or ?token= where a browser cannot set headers)."
+    )
+    token_ttl_s: int = Field(3600, ge=60, le=86400, description="Lifetime of session tokens.")
+    signing_key_env: str = Field(
+        "AVATAR_SIGNING_KEY", description="Environment variable with the token signing key "
+        "(at least 32 bytes; every gateway of a region needs the same one). Unset: each start "
+        "of the cluster makes a random key, so tokens do not survive a restart."
+    )
+    api_keys_file: str | None = Field(
+        None, description="YAML list of API keys as {tenant, roles, sha256}: sha256 is the hex "
+        "digest of the key, roles from client (create sessions), ingest (knowledge bases) and "
+        "admin. None: no API keys, so ingest and admin routes are closed."
+    )
+    require_api_key: bool = Field(
+        False, description="Session creation needs an API key with the client role of the "
+        "persona's tenant (false: anyone who reaches the gateway may start a session)."
+    )
+
+
+class AdmissionConfig(Strict):
+    """Limits on new sessions (a token bucket per client address and per tenant)."""
+
+    sessions_per_minute_per_ip: float = Field(30.0, gt=0)
+    sessions_per_minute_per_tenant: float = Field(600.0, gt=0)
+    burst: int = Field(10, ge=1, description="New sessions one address may start at once.")
+    max_sessions_per_tenant: int | None = Field(
+        None, ge=1, description="Concurrent sessions one tenant may hold in this region."
+    )
+
+
 class ClusterConfig(Strict):
     ray_address: str | None = Field(None, description="None = start a local Ray.")
     num_cpus: int | None = Field(None, ge=1)
@@ -265,6 +300,18 @@ class ClusterConfig(Strict):
         "node's metrics, Ray Serve's and the avatar's); None = no export."
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503 when full.")
+    region: str = Field("local", min_length=1, max_length=64, description="This cluster's "
+                        "region name: session tokens are valid in it only.")
+    auth: AuthConfig = AuthConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    placement_entry_url: str | None = Field(
+        None, description="The global entry (avatarctl place serve) this region reports its "
+        "load to; None = a standalone region."
+    )
+    placement_report_key_env: str | None = Field(
+        None, description="Environment variable with the entry's X-Region-Key."
+    )
+    placement_report_interval_s: float = Field(5.0, gt=0, le=60)
     webrtc: WebRTCConfig = WebRTCConfig()
     serve_same_loop: bool = Field(
         True, description="Run replica code and handle routers on each replica's main event "

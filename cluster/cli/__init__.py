@@ -32,14 +32,16 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from cluster.cli import avatar, bench, chat, kb, plan, serve
+    from cluster.cli import avatar, bench, chat, kb, loadtest, place, plan, serve
 
     app.add_typer(kb.app, name="kb")
     app.add_typer(avatar.app, name="avatar")
     app.add_typer(bench.app, name="bench")
+    app.add_typer(place.app, name="place")
     chat.register(app)
     serve.register(app)
     plan.register(app)
+    loadtest.register(app)
 
 
 def main() -> None:
