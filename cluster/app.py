@@ -32,6 +32,7 @@ from cluster.serve_llm import ServeChatLLM, build_llm_server
 from configs.loader import load_config
 from configs.schema import AppConfig, DeploymentConfig
 from deployments.api import create_api
+from deployments.auth import signing_key
 from deployments.gateway import Gateway
 from deployments.remote import RemoteKnowledge, RemoteLLM, RemoteTranscriber, RemoteTTS
 from deployments.renderer import Renderer, resolve_device
@@ -239,11 +240,13 @@ class RendererHandleClient:
 class GatewayReplica:
     """The Gateway deployment: the FastAPI app over a pinned renderer handle."""
 
-    def __init__(self, config: AppConfig, renderer: Any) -> None:
+    def __init__(self, config: AppConfig, renderer: Any, signing_key: bytes | None = None
+                 ) -> None:
         from cluster.metrics import RayMetrics
 
         self.config = config
-        self.gateway = Gateway(config, RendererHandleClient(renderer), RayMetrics())
+        self.gateway = Gateway(config, RendererHandleClient(renderer), RayMetrics(),
+                               signing_key=signing_key)
 
     def __serve_build_asgi_app__(self) -> Any:
         port = self.config.cluster.metrics_port
@@ -283,4 +286,6 @@ def build_application(config: AppConfig) -> Any:
     renderer = make(RendererReplica, "Renderer", d.renderer,
                     request_router_config=router).bind(config, asr, llm, tts, knowledge)
     gateway_cls = serve.ingress()(GatewayReplica)
-    return make(gateway_cls, "Gateway", d.gateway).bind(config, renderer)
+    # One token key for every Gateway replica: from the environment, else made here.
+    key = signing_key(config.cluster.auth)
+    return make(gateway_cls, "Gateway", d.gateway).bind(config, renderer, key)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.gateway import MAX_AUDIO_BYTES, WEB_DIR, ApiError, Gateway
+from deployments.limits import install as install_limits
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -41,17 +45,49 @@ class OfferRequest(BaseModel):
     type: str = Field("offer", description="Always 'offer'.")
 
 
+def session_token(request: Request) -> str | None:
+    """The session token: ``Authorization: Bearer <token>``, or ``?token=`` for the browser's
+    EventSource and <img> requests, which cannot set headers."""
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.query_params.get("token")
+
+
+async def _authorized(session_id: str, request: Request) -> str:
+    await request.app.state.gateway.authorize(session_id, session_token(request))
+    return session_id
+
+
+Session = Annotated[str, Depends(_authorized)]
+"""A session id path parameter whose request carries that session's token."""
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def create_api(gateway: Gateway, *, metrics_url: str | None = None) -> FastAPI:
     """The routes over ``gateway``; ``metrics_url`` is this node's Prometheus export."""
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        from deployments.region_report import report_loop
+
+        reporter = asyncio.create_task(report_loop(gateway.config))  # to the global entry
+        try:
+            yield
+        finally:
+            reporter.cancel()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="avatar-cluster",
         description="Real-time conversational avatars: sessions, turns, events, frames.",
         version="0.4.0",
     )
+    install_limits(app)  # 413 over a route's body limit, 415 for compressed bodies
+
+    app.state.gateway = gateway
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -67,22 +103,33 @@ def create_api(gateway: Gateway, *, metrics_url: str | None = None) -> FastAPI:
         return _error(422, "invalid request: " + "; ".join(parts))
 
     @app.post("/v1/sessions", status_code=201, summary="Start a session")
-    async def create_session(body: SessionRequest | None = None) -> dict[str, Any]:
+    async def create_session(request: Request, body: SessionRequest | None = None
+                             ) -> dict[str, Any]:
+        """Returns the session, its ``token`` (send it on every call on the session) and its
+        URLs. ``resume`` needs the earlier session's token as ``Authorization: Bearer``."""
         body = body or SessionRequest()
-        return await gateway.create_session(body.persona, body.video, body.resume)
+        client = request.client.host if request.client else "unknown"
+        return await gateway.create_session(
+            body.persona, body.video, body.resume, client_ip=client,
+            api_key=request.headers.get("x-api-key"), token=session_token(request))
 
     @app.get("/v1/sessions/{session_id}", summary="A live session's state")
-    async def session_info(session_id: str) -> dict[str, Any]:
+    async def session_info(session_id: Session) -> dict[str, Any]:
         return await gateway.call(session_id, "session_info")
 
+    @app.get("/v1/sessions/{session_id}/transcript", summary="The session's committed turns")
+    async def transcript(session_id: Session) -> dict[str, Any]:
+        return {"session_id": session_id,
+                "turns": await gateway.call(session_id, "transcript")}
+
     @app.post("/v1/sessions/{session_id}/text", status_code=202, summary="Send typed text")
-    async def send_text(session_id: str, body: TextRequest) -> dict[str, int]:
+    async def send_text(session_id: Session, body: TextRequest) -> dict[str, int]:
         return {"turn_id": await gateway.call(session_id, "send_text", body.text)}
 
     @app.post("/v1/sessions/{session_id}/audio", status_code=202,
               summary="Send microphone audio (raw little-endian mono PCM16)")
     async def send_audio(
-        session_id: str, request: Request,
+        session_id: Session, request: Request,
         sample_rate_hz: int = Query(16000, description="Sample rate of the PCM16 body."),
     ) -> dict[str, int]:
         pcm = bytearray()
@@ -95,27 +142,27 @@ def create_api(gateway: Gateway, *, metrics_url: str | None = None) -> FastAPI:
                                               sample_rate_hz)}
 
     @app.post("/v1/sessions/{session_id}/offer", summary="WebRTC: answer the client's offer")
-    async def offer(session_id: str, body: OfferRequest) -> dict[str, Any]:
+    async def offer(session_id: Session, body: OfferRequest) -> dict[str, Any]:
         return await gateway.call(session_id, "connect", body.sdp, body.type)
 
     @app.post("/v1/sessions/{session_id}/interrupt", status_code=202,
               summary="Stop the avatar (barge-in)")
-    async def interrupt(session_id: str) -> dict[str, bool]:
+    async def interrupt(session_id: Session) -> dict[str, bool]:
         await gateway.call(session_id, "interrupt")
         return {"interrupted": True}
 
     @app.get("/v1/sessions/{session_id}/events", summary="The session's events (SSE)")
-    async def events(session_id: str) -> StreamingResponse:
+    async def events(session_id: Session) -> StreamingResponse:
         stream = await gateway.events(session_id)
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
     @app.get("/v1/sessions/{session_id}/frame.jpg", summary="The avatar's latest frame")
-    async def frame(session_id: str) -> Response:
+    async def frame(session_id: Session) -> Response:
         jpeg = await gateway.call(session_id, "frame_jpeg")
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, summary="End a session")
-    async def delete(session_id: str) -> Response:
+    async def delete(session_id: Session) -> Response:
         await gateway.delete(session_id)
         return Response(status_code=204)
 
@@ -148,6 +195,10 @@ def create_api(gateway: Gateway, *, metrics_url: str | None = None) -> FastAPI:
         if not page.exists():
             return _error(404, "the web client is not installed")
         return FileResponse(page, media_type="text/html")
+
+    from cluster.placement.probe_api import probe_router
+
+    app.include_router(probe_router())  # /v1/probe: clients measure RTT and jitter to us
 
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

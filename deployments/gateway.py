@@ -15,19 +15,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from configs.schema import AppConfig
+from deployments.auth import Admission, ApiKeys, SessionTokens
+from deployments.auth import signing_key as auth_signing_key
 from deployments.events import sse
 from deployments.metrics import MetricsSink
 from deployments.remote import unwrap_error
 from models.errors import (
+    AuthError,
     AvatarError,
     ClusterFull,
     ConfigError,
     InputError,
+    RateLimited,
     SessionNotFound,
     SessionOwnerLost,
 )
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 MAX_AUDIO_BYTES = 2 * 48000 * 2  # two seconds of 48 kHz PCM16 per request
 KEEPALIVE_S = 15.0
+TENANT_CACHE = 100_000
 
 
 class RendererClient(Protocol):
@@ -83,16 +90,77 @@ class ApiError(Exception):
 
 
 class Gateway:
-    """Admission and forwarding; every method raises :class:`ApiError` for the client."""
+    """Admission and forwarding; every method raises :class:`ApiError` for the client.
+
+    ``signing_key``: the session-token key every gateway of the region shares (default: from
+    ``cluster.auth.signing_key_env``, else random for this process)."""
 
     def __init__(self, config: AppConfig, renderers: RendererClient,
-                 metrics: MetricsSink | None = None) -> None:
+                 metrics: MetricsSink | None = None, *, signing_key: bytes | None = None
+                 ) -> None:
         self.config = config
         self.renderers = renderers
         self.metrics = metrics or MetricsSink()
         self._holds: dict[str, asyncio.Task[None]] = {}
+        self._tenants: OrderedDict[str, str] = OrderedDict()
+        auth = config.cluster.auth
+        try:
+            self.tokens = SessionTokens(signing_key or auth_signing_key(auth),
+                                        config.cluster.region, auth.token_ttl_s)
+            self.api_keys = ApiKeys.load(auth.api_keys_file)
+        except ConfigError as exc:
+            raise ApiError(500, exc.message) from None
+        self.admission = Admission(config.cluster.admission)
+
+    async def authorize(self, session_id: str, token: str | None) -> None:
+        """401/403 unless ``token`` is this session's, of its tenant (when tokens are
+        required)."""
+        if not self.config.cluster.auth.require_session_token:
+            return
+        try:
+            claims = self.tokens.verify(token, session_id)
+            if claims.tenant != await self._session_tenant(session_id):
+                raise AuthError("this token belongs to another tenant", status=403)
+        except AuthError as exc:
+            self.metrics.rejection("unauthorized")
+            raise self._translate(exc) from None
+
+    async def _session_tenant(self, session_id: str) -> str | None:
+        """The session's tenant: remembered from its creation here, else asked once."""
+        tenant = self._tenants.get(session_id)
+        if tenant is None:
+            try:
+                info = await self.renderers.call(session_id, "session_info")
+            except Exception as exc:
+                raise self._translate(exc) from None
+            tenant = str(info.get("tenant"))
+            self._remember(session_id, tenant)
+        return tenant
+
+    def _remember(self, session_id: str, tenant: str) -> None:
+        self._tenants[session_id] = tenant
+        while len(self._tenants) > TENANT_CACHE:
+            self._tenants.popitem(last=False)
+
+    def _tenant_of(self, persona: str | None) -> str:
+        from configs.loader import load_persona
+
+        name = persona or self.config.persona
+        if name not in self.config.personas:
+            raise ApiError(400, f"unknown persona {name!r}; this cluster serves "
+                           f"{', '.join(self.config.personas)}")
+        try:
+            return load_persona(name).tenant
+        except AvatarError as exc:
+            raise self._translate(exc) from None
 
     def _translate(self, exc: BaseException) -> ApiError:
+        if isinstance(exc, AuthError):
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            return ApiError(exc.status, exc.message, headers)
+        if isinstance(exc, RateLimited):
+            return ApiError(429, exc.message,
+                            {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
         error = unwrap_error(exc, "renderer")
         if isinstance(error, ClusterFull):  # the renderer that refused counted it
             retry = str(self.config.cluster.retry_after_s)
@@ -111,7 +179,23 @@ class Gateway:
         return ApiError(500, "internal error; the session is unaffected, try again")
 
     async def create_session(self, persona: str | None = None, video: bool = True,
-                             resume: str | None = None) -> dict[str, Any]:
+                             resume: str | None = None, *, client_ip: str = "unknown",
+                             api_key: str | None = None, token: str | None = None
+                             ) -> dict[str, Any]:
+        """A new session and its token. ``resume`` continues an earlier session of the same
+        tenant: ``token`` must then be that session's (it may have expired)."""
+        auth = self.config.cluster.auth
+        tenant = self._tenant_of(persona)
+        try:
+            if auth.require_api_key:
+                self.api_keys.check(api_key, "client", tenant)
+            if resume is not None and auth.require_session_token:
+                self.tokens.verify_resume(token, resume)
+            self.admission.admit(client_ip, tenant)
+        except (AuthError, RateLimited) as exc:
+            self.metrics.rejection("rate_limited" if isinstance(exc, RateLimited)
+                                   else "unauthorized")
+            raise self._translate(exc) from None
         try:
             info = await self.renderers.create_session(persona=persona, video=video,
                                                        resume=resume)
@@ -119,8 +203,12 @@ class Gateway:
             raise self._translate(exc) from None
         sid = str(info["session_id"])
         self._holds[sid] = asyncio.create_task(self._hold(sid), name=f"hold-{sid}")
+        token = self.tokens.issue(sid, tenant)
+        self._remember(sid, tenant)
         base = f"/v1/sessions/{sid}"
-        return {**info, "events_url": f"{base}/events", "frame_url": f"{base}/frame.jpg"}
+        query = f"?token={token}" if auth.require_session_token else ""
+        return {**info, "token": token, "region": self.config.cluster.region,
+                "events_url": f"{base}/events{query}", "frame_url": f"{base}/frame.jpg{query}"}
 
     async def _hold(self, session_id: str) -> None:
         with contextlib.suppress(Exception):

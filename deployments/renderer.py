@@ -260,6 +260,14 @@ class Renderer:
     async def session_info(self, session_id: str) -> dict[str, object]:
         return self._get(session_id).info()
 
+    async def transcript(self, session_id: str) -> list[dict[str, object]]:
+        """The session's committed turns, from the session store (its own tenant's only)."""
+        session = self._get(session_id)
+        turns = await asyncio.to_thread(self.session_store.turns, session_id, session.tenant)
+        return [{"turn_id": t.turn_id, "user": t.user_text, "avatar": t.reply_text,
+                 "refused": t.refused, "interrupted": t.interrupted,
+                 "created_ms": t.created_ms} for t in turns]
+
     async def frame_jpeg(self, session_id: str) -> bytes:
         """The session's latest frame as JPEG (rendered now when the session has no video)."""
         session = self._get(session_id)

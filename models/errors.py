@@ -57,3 +57,20 @@ class SessionOwnerLost(BackendError):
     """The replica that hosted this session is gone; resume it on another (HTTP 410)."""
 
     retryable = False
+
+
+class AuthError(AvatarError):
+    """A request without valid credentials: a missing, malformed, expired or forged token or
+    API key (HTTP 401), or valid ones for another session, tenant or region (``status`` 403)."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RateLimited(AvatarError):
+    """Too many new sessions from one client address or tenant (HTTP 429 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

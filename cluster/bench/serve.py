@@ -199,9 +199,12 @@ class _ServeSession:
 
     def __init__(self, client: Any) -> None:
         self.client, self.tape, self.sid, self._reader = client, _Tape(), "", None
+        self.headers: dict[str, str] = {}
 
     async def open(self) -> None:
-        self.sid = (await _post(self.client, "/v1/sessions", {"video": False}))["session_id"]
+        created = await _post(self.client, "/v1/sessions", {"video": False})
+        self.sid = created["session_id"]
+        self.headers = {"Authorization": f"Bearer {created['token']}"}
         self._reader = asyncio.create_task(self._read())
         deadline = time.perf_counter() + TURN_TIMEOUT_S
         while not self.tape.items:  # the stream is open once its first event arrives
@@ -214,7 +217,8 @@ class _ServeSession:
 
     async def _read(self) -> None:
         parser = SSEParser()
-        async with self.client.stream("GET", f"/v1/sessions/{self.sid}/events") as resp:
+        async with self.client.stream("GET", f"/v1/sessions/{self.sid}/events",
+                                      headers=self.headers) as resp:
             if resp.status_code != 200:
                 raise BackendError(f"GET events answered {resp.status_code}")
             async for line in resp.aiter_lines():
@@ -223,10 +227,10 @@ class _ServeSession:
 
     async def send(self, text: str) -> int:
         return int((await _post(self.client, f"/v1/sessions/{self.sid}/text",
-                                {"text": text}))["turn_id"])
+                                {"text": text}, self.headers))["turn_id"])
 
     async def close(self) -> None:
-        await self.client.delete(f"/v1/sessions/{self.sid}")
+        await self.client.delete(f"/v1/sessions/{self.sid}", headers=self.headers)
         await _cancel(self._reader)
 
 
@@ -252,8 +256,9 @@ class _LocalSession:
         await _cancel(self._reader)
 
 
-async def _post(client: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    resp = await client.post(path, json=body)
+async def _post(client: Any, path: str, body: dict[str, Any],
+                headers: dict[str, str] | None = None) -> dict[str, Any]:
+    resp = await client.post(path, json=body, headers=headers)
     if resp.status_code >= 300:
         raise BackendError(f"POST {path} answered {resp.status_code}: {resp.text[:200]}")
     return resp.json()
@@ -368,9 +373,10 @@ async def _measure(url: str, config: AppConfig, questions: list[str], hops: int,
             creates = []
             for _ in range(sessions):
                 t0 = time.perf_counter()
-                sid = (await _post(c, "/v1/sessions", {"video": False}))["session_id"]
+                created = await _post(c, "/v1/sessions", {"video": False})
                 creates.append((time.perf_counter() - t0) * 1000.0)
-                await c.delete(f"/v1/sessions/{sid}")
+                await c.delete(f"/v1/sessions/{created['session_id']}",
+                               headers={"Authorization": f"Bearer {created['token']}"})
             raw["session_create_ms"] = creates
     finally:
         await renderer.aclose()

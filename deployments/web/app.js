@@ -128,7 +128,8 @@ async function start() {
   }
   if (mine !== attempt) {  // Stop was pressed meanwhile: give back a session we got anyway
     if (res.ok) {
-      res.json().then((i) => deleteSession(`${API}/${encodeURIComponent(i.session_id)}`))
+      res.json()
+        .then((i) => deleteSession(`${API}/${encodeURIComponent(i.session_id)}`, bearer(i.token)))
         .catch(() => {});
     }
     return;
@@ -145,6 +146,7 @@ async function start() {
   const info = await res.json();
   const s = {
     id: info.session_id, base: `${API}/${encodeURIComponent(info.session_id)}`,
+    token: info.token, auth: bearer(info.token),
     label: `Connected to ${info.persona || 'the avatar'}.`, iceServers: info.ice_servers || [],
     mode: 'webrtc', pc: null, channel: null, mic: null, watch: null, retries: 0, peers: 0,
     connected: false,
@@ -178,8 +180,11 @@ function retryLater(secs, why) {
 
 const clearRetry = () => { clearTimeout(retryTimer); retryTimer = null; };
 
-const deleteSession = (base) =>
-  fetch(base, { method: 'DELETE', keepalive: true }).catch(() => {});
+const deleteSession = (base, auth) =>
+  fetch(base, { method: 'DELETE', keepalive: true, headers: auth }).catch(() => {});
+
+// Every call on a session carries the token its creation returned.
+const bearer = (token) => (token ? { Authorization: `Bearer ${token}` } : {});
 
 // Stop: close the peer (or stream), release the microphone, DELETE the session.
 function stop({ remote = true } = {}) {
@@ -196,7 +201,7 @@ function stop({ remote = true } = {}) {
   releaseMic(s);
   clearInterval(s.ping);
   s.events?.close();
-  if (remote) deleteSession(s.base);
+  if (remote) deleteSession(s.base, s.auth);
 }
 
 // ------------------------------------------------------------------------------ WebRTC
@@ -223,7 +228,7 @@ async function connectPeer(s) {
   await gathered(pc, GATHER_TIMEOUT_MS);
   if (!live()) return;
   const res = await fetch(`${s.base}/offer`, {
-    method: 'POST', headers: JSON_HEADERS,
+    method: 'POST', headers: { ...JSON_HEADERS, ...s.auth },
     body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
   });
   if (!res.ok) throw Object.assign(new Error(await errorText(res)), { status: res.status });
@@ -499,7 +504,7 @@ async function sendText(ev) {
   if (send(s, { type: 'text', text })) return;
   try {  // no open data channel (fallback, or a peer being replaced): plain HTTP
     const res = await fetch(`${s.base}/text`, {
-      method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ text }),
+      method: 'POST', headers: { ...JSON_HEADERS, ...s.auth }, body: JSON.stringify({ text }),
     });
     if (!res.ok) {
       typedEcho = sendAt = null;
@@ -513,7 +518,7 @@ async function sendText(ev) {
 function interrupt() {
   const s = session;
   if (!s || send(s, { type: 'interrupt' })) return;
-  fetch(`${s.base}/interrupt`, { method: 'POST' }).catch(() => {});
+  fetch(`${s.base}/interrupt`, { method: 'POST', headers: s.auth }).catch(() => {});
 }
 
 // ------------------------------------------------------------------------------ fallback
@@ -528,7 +533,8 @@ function startFallback(s, why) {
   ui.avatar.hidden = false;
   setStatus(`${s.label} (without WebRTC: ${why})`);
   ensureAudio();
-  const es = new EventSource(`${s.base}/events`);
+  // EventSource cannot send headers: the token goes in the query.
+  const es = new EventSource(`${s.base}/events?token=${encodeURIComponent(s.token || '')}`);
   s.events = es;
   es.onopen = () => { if (session === s) setStatus(s.label); };  // also after a reconnect
   for (const type of Object.keys(handlers)) {
@@ -555,7 +561,7 @@ async function frameLoop(s) {
     const began = performance.now();
     if (!document.hidden) {
       try {
-        const res = await fetch(`${s.base}/frame.jpg`, { cache: 'no-store' });
+        const res = await fetch(`${s.base}/frame.jpg`, { cache: 'no-store', headers: s.auth });
         if (res.ok) {
           const url = URL.createObjectURL(await res.blob());
           if (session !== s) { URL.revokeObjectURL(url); break; }

@@ -56,8 +56,10 @@ def app(tmp_path_factory: pytest.TempPathFactory):
         nodes.add_node(num_cpus=1, num_gpus=1, object_store_memory=80 * 1024 * 1024)
     ray.init(address=nodes.address, log_to_driver=False)
     config = load_config("local", overrides={
+        # Dozens of sessions from one address within seconds: lift the per-address limit.
         "cluster": {"session_store_path": str(data / "sessions.sqlite3"),
-                    "metrics_port": METRICS_PORT},
+                    "metrics_port": METRICS_PORT,
+                    "admission": {"sessions_per_minute_per_ip": 6000, "burst": 100}},
         "models": {"knowledge": {"qdrant_path": str(data / "qdrant")}},
         "deployments": {
             "gateway": {"num_cpus": 0.05},
@@ -109,9 +111,27 @@ def test_renderers_pin_sessions_autoscale_shared_models_and_refuse_when_full(app
     asyncio.run(_scenario(app))
 
 
+TOKENS: dict[str, str] = {}
+"""Session id -> its token (from POST /v1/sessions), sent with every call on the session."""
+
+
+async def _remember_and_send_tokens(request: httpx.Request) -> None:
+    parts = request.url.path.split("/")
+    if len(parts) > 3 and parts[1:3] == ["v1", "sessions"] and parts[3] in TOKENS:
+        request.headers["Authorization"] = f"Bearer {TOKENS[parts[3]]}"
+
+
+async def _keep_token(response: httpx.Response) -> None:
+    if response.request.url.path == "/v1/sessions" and response.status_code == 201:
+        await response.aread()
+        TOKENS[response.json()["session_id"]] = response.json()["token"]
+
+
 async def _scenario(url: str) -> None:
     limits = httpx.Limits(max_connections=100)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    hooks = {"request": [_remember_and_send_tokens], "response": [_keep_token]}
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits,
+                                 event_hooks=hooks) as client:
         # One renderer per GPU, each on its own node with its own GPU.
         assert running("Renderer") == GPUS
         created = []
@@ -186,6 +206,13 @@ async def _scenario(url: str) -> None:
                 break
             await asyncio.sleep(0.5)
         assert reply.status_code == 201, reply.text
+
+        # The region probe a client runs before asking for a session: a WebSocket echo
+        # through Serve's proxy to the Gateway.
+        from cluster.placement.probe import probe_ws
+
+        probe = await probe_ws(f"ws://127.0.0.1:{PORT}/v1/probe", count=10, interval_ms=10)
+        assert probe.received == 10 and probe.rtt_ms is not None and probe.rtt_ms.p50 < 200
 
         # Prometheus: stage latencies, sessions per renderer, refusals, turns. Each node's
         # metrics agent serves its own replicas (the Gateway's /metrics shows its node), and

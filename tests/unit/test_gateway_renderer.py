@@ -45,16 +45,29 @@ def renderer(services, store) -> Renderer:
     return renderer_from_services(services, store, replica_id="r1")
 
 
+TOKENS: dict[str, str] = {}
+"""Session id -> token, as a client keeps them; :func:`client` sends each with its calls."""
+
+
+def _with_token(request) -> None:
+    parts = request.url.path.split("/")
+    if len(parts) > 3 and parts[1:3] == ["v1", "sessions"] and parts[3] in TOKENS \
+            and "authorization" not in request.headers:
+        request.headers["Authorization"] = f"Bearer {TOKENS[parts[3]]}"
+
+
 @pytest.fixture
 def client(renderer) -> TestClient:
     gateway = Gateway(renderer.config, LocalRendererClient(renderer))
     with TestClient(create_api(gateway)) as c:
+        c.event_hooks["request"].append(_with_token)
         yield c
 
 
 def new_session(client: TestClient, **body) -> str:
     reply = client.post("/v1/sessions", json={"video": False, **body})
     assert reply.status_code == 201, reply.text
+    TOKENS[reply.json()["session_id"]] = reply.json()["token"]
     return reply.json()["session_id"]
 
 
@@ -79,7 +92,8 @@ async def test_a_typed_question_streams_a_grounded_spoken_answer_and_is_stored(r
     gateway = Gateway(renderer.config, LocalRendererClient(renderer))
     info = await gateway.create_session(video=False)
     sid = info["session_id"]
-    assert sid.startswith("r1.") and info["events_url"] == f"/v1/sessions/{sid}/events"
+    assert sid.startswith("r1.") and info["events_url"] == \
+        f"/v1/sessions/{sid}/events?token={info['token']}"
     await gateway.call(sid, "send_text", "Can I split my bill into monthly payments?")
     events = await read_turn(gateway, sid)
     kinds = [k for k, _ in events]
@@ -145,7 +159,7 @@ def test_bad_input_gets_a_specific_error_and_the_session_goes_on(client):
         (client.post(f"/v1/sessions/{sid}/audio?sample_rate_hz=12345",
                      content=b"\x00\x00" * 160), 400, "12345"),
         (client.post(f"/v1/sessions/{sid}/audio", content=b"\x00" * 400_000), 413, "2 s"),
-        (client.get("/v1/sessions/r1.0000/frame.jpg"), 404, "not live"),
+        (client.get("/v1/sessions/r1.0000/frame.jpg"), 401, "token"),
         (client.post(f"/v1/sessions/{sid}/offer", json={"sdp": "hello"}), 400, "v=0"),
         (client.post(f"/v1/sessions/{sid}/offer", json={"sdp": "v=0", "type": "answer"}),
          400, "'offer'"),
@@ -169,15 +183,19 @@ def test_a_session_resumes_with_its_committed_history(client, renderer, store):
 
         time.sleep(0.05)
     assert store.turns(sid, "maple")
-    reply = client.post("/v1/sessions", json={"video": False, "resume": sid})
+    anyone = client.post("/v1/sessions", json={"video": False, "resume": sid})
+    assert anyone.status_code == 401  # resuming needs the earlier session's token
+    reply = client.post("/v1/sessions", json={"video": False, "resume": sid},
+                        headers={"Authorization": f"Bearer {TOKENS[sid]}"})
     assert reply.status_code == 201, reply.text
     resumed = reply.json()
     assert resumed["resumed_from"] == sid and resumed["history_turns"] == 1
     history = renderer.sessions[resumed["session_id"]].conductor.history
     assert history[0].content == "Do you offer telehealth visits?"
     assert store.get_session(sid, "maple").state == "closed"
-    unknown = client.post("/v1/sessions", json={"video": False, "resume": "r9.nothing"})
-    assert unknown.status_code == 400 and "to resume" in unknown.json()["error"]
+    other = client.post("/v1/sessions", json={"video": False, "resume": "r9.nothing"},
+                        headers={"Authorization": f"Bearer {TOKENS[sid]}"})
+    assert other.status_code == 403 and "another session" in other.json()["error"]
 
 
 def test_video_sessions_are_rendered_in_batches_and_snapshot_as_jpeg(client, renderer):
@@ -224,3 +242,37 @@ def test_a_draining_renderer_refuses_new_sessions_and_keeps_live_ones(client, re
     assert refused.status_code == 503 and refused.headers["Retry-After"]
     assert renderer.metrics.counters["rejected_draining"] == 1
     assert client.post(f"/v1/sessions/{sid}/text", json={"text": "Hello"}).status_code == 202
+
+
+def test_the_gateway_echoes_latency_probes_for_region_placement(client: TestClient) -> None:
+    with client.websocket_connect("/v1/probe") as ws:
+        for seq in range(3):
+            ws.send_text(json.dumps({"seq": seq, "t": 1000.0 + seq}))
+            echo = json.loads(ws.receive_text())
+            assert echo["seq"] == seq and echo["t"] == 1000.0 + seq and echo["ts"] > 0
+        ws.send_text("not json")
+        assert "error" in json.loads(ws.receive_text())
+
+
+def test_session_routes_refuse_other_tokens_and_the_session_goes_on(client: TestClient) -> None:
+    from tests.unit.test_auth import bad_tokens
+
+    sid, other = new_session(client), new_session(client)
+    gateway = client.app.state.gateway
+    wrong_tenant = gateway.tokens.issue(sid, "acme")  # signed by us, but not maple's
+    routes = [("get", ""), ("post", "/interrupt"), ("get", "/transcript"),
+              ("get", "/frame.jpg"), ("delete", "")]
+    cases = [("other session's", TOKENS[other]), ("wrong tenant", wrong_tenant)]
+    cases += [(kind, token.replace(" ", "")) for kind, token in bad_tokens(100)]
+    for i, (kind, token) in enumerate(cases):
+        method, suffix = routes[i % len(routes)]
+        reply = getattr(client, method)(f"/v1/sessions/{sid}{suffix}",
+                                        headers={"Authorization": f"Bearer {token}"})
+        assert reply.status_code in (401, 403), (kind, reply.status_code, reply.text)
+        assert reply.json()["error"]
+    assert client.get(f"/v1/sessions/{sid}/events?token=nope",
+                      headers={"Authorization": ""}).status_code == 401
+    # The session is untouched and its own token still works, in a header or the query.
+    assert client.get(f"/v1/sessions/{sid}").json()["state"] == "listening"
+    assert client.get(f"/v1/sessions/{sid}/transcript?token={TOKENS[sid]}",
+                      headers={"Authorization": ""}).json() == {"session_id": sid, "turns": []}

@@ -145,7 +145,7 @@ def test_nothing_is_loaded_from_another_host() -> None:
 
 
 def test_script_calls_every_endpoint_it_needs(js: str) -> None:
-    for endpoint in ("'/v1/sessions'", "/offer`", "/text`", "/interrupt`", "/events`",
+    for endpoint in ("'/v1/sessions'", "/offer`", "/text`", "/interrupt`", "/events?token=",
                      "/frame.jpg`"):
         assert endpoint in js, endpoint
     assert re.search(r"method:\s*'DELETE'", js)
@@ -334,7 +334,7 @@ def test_stop_closes_the_peer_and_deletes_the_session(run: dict) -> None:
 
 def test_failed_offer_falls_back_to_events_frames_and_web_audio(run: dict) -> None:
     fb = run["fallback"]
-    assert fb["events_url"] == "/v1/sessions/s2/events"
+    assert fb["events_url"] == "/v1/sessions/s2/events?token=tok-s2"
     assert fb["status"].startswith("Connected to clinic. (without WebRTC: no media here")
     assert fb["video_hidden"] is True and fb["img_hidden"] is False
     assert fb["frame_fetches_while_pending"] == 1
@@ -356,14 +356,19 @@ def test_fallback_audio_is_gapless_captioned_and_dropped_on_interrupt(run: dict)
 
 
 def test_without_rtcpeerconnection_the_page_uses_plain_http(run: dict) -> None:
-    assert run["no_rtc"] == {"offers": 0, "events_url": "/v1/sessions/s3/events"}
+    assert run["no_rtc"] == {"offers": 0, "events_url": "/v1/sessions/s3/events?token=tok-s3"}
 
 
 def test_a_peer_that_never_connects_falls_back_to_plain_http(run: dict) -> None:
     assert run["never_connected"] == {"streams_before_timeout": 0, "pc_closed": True,
-                                      "events_url": "/v1/sessions/s5/events", "mode": "http"}
+                                      "events_url": "/v1/sessions/s5/events?token=tok-s5", "mode": "http"}
 
 
 def test_gone_session_reports_the_servers_message(run: dict) -> None:
     assert run["gone"] == "Session ended: session s4 is unknown"
     assert run["gone_start_enabled"] is True
+
+
+def test_every_call_on_a_session_carries_its_token(run: dict) -> None:
+    assert run["session_calls"] > 10
+    assert run["without_token"] == []

@@ -63,7 +63,8 @@ function reply(status, body, headers = {}) {
     json: async () => body, blob: async () => ({ size: 1 }) };
 }
 async function fetch(url, opts = {}) {
-  const call = { url, method: opts.method || 'GET', body: opts.body };
+  const call = { url, method: opts.method || 'GET', body: opts.body,
+    auth: (opts.headers || {}).Authorization ?? null };
   calls.push(call);
   return respond(call);
 }
@@ -199,7 +200,7 @@ const out = {};
       posts += 1;
       out.start_body = JSON.parse(c.body);
       return posts === 1 ? reply(503, { error: 'full' }, { 'Retry-After': '3' })
-        : reply(201, { session_id: 's1', persona: 'clinic', greeting: 'Hello, how can I help?',
+        : reply(201, { session_id: 's1', token: 'tok-s1', persona: 'clinic', greeting: 'Hello, how can I help?',
           ice_servers: [{ urls: ['stun:stun.example.org:3478'] }] });
     }
     if (c.url.endsWith('/offer')) return reply(200, { type: 'answer', sdp: 'v=0 answer' });
@@ -383,7 +384,7 @@ const out = {};
   let framePending = null;
   respond = (c) => {
     if (c.url === '/v1/sessions') {
-      return reply(201, { session_id: 's2', persona: 'clinic', greeting: '', ice_servers: [] });
+      return reply(201, { session_id: 's2', token: 'tok-s2', persona: 'clinic', greeting: '', ice_servers: [] });
     }
     if (c.url.endsWith('/offer')) return reply(500, { error: 'no media here' });
     if (c.url.endsWith('/frame.jpg')) {
@@ -444,7 +445,7 @@ const out = {};
   // 12. No RTCPeerConnection at all: straight to plain HTTP.
   const offersBefore = offers().length;
   ctx.RTCPeerConnection = undefined;
-  respond = (c) => (c.url === '/v1/sessions' ? reply(201, { session_id: 's3', greeting: '' })
+  respond = (c) => (c.url === '/v1/sessions' ? reply(201, { session_id: 's3', token: 'tok-s3', greeting: '' })
     : new Promise(() => {}));
   els.start.dispatch('click');
   await settle();
@@ -454,7 +455,7 @@ const out = {};
   ctx.RTCPeerConnection = RTCPeerConnection;
 
   // 13. A peer that never connects: plain HTTP after the connect timeout.
-  respond = (c) => (c.url === '/v1/sessions' ? reply(201, { session_id: 's5', greeting: '' })
+  respond = (c) => (c.url === '/v1/sessions' ? reply(201, { session_id: 's5', token: 'tok-s5', greeting: '' })
     : c.url.endsWith('/offer') ? reply(200, { type: 'answer', sdp: 'v=0 answer' })
       : new Promise(() => {}));
   els.start.dispatch('click');
@@ -473,7 +474,7 @@ const out = {};
   await settle();
 
   // 14. A session the server no longer knows: its 404 message is shown and the page resets.
-  respond = (c) => (c.url === '/v1/sessions' ? reply(201, { session_id: 's4', greeting: '' })
+  respond = (c) => (c.url === '/v1/sessions' ? reply(201, { session_id: 's4', token: 'tok-s4', greeting: '' })
     : c.url.endsWith('/offer') ? reply(404, { error: 'session s4 is unknown' })
       : reply(202, {}));
   els.start.dispatch('click');
@@ -482,6 +483,10 @@ const out = {};
   await settle();
   out.gone = els.error.textContent;
   out.gone_start_enabled = !els.start.disabled;
+  // Every call on a session carries that session's token.
+  out.session_calls = calls.filter((c) => c.url.startsWith('/v1/sessions/')).length;
+  out.without_token = calls.filter((c) => c.url.startsWith('/v1/sessions/')
+    && c.auth !== `Bearer tok-${c.url.split('/')[3]}`).map((c) => `${c.method} ${c.url}`);
   process.stdout.write(JSON.stringify(out));
   process.exit(0);
 })().catch((err) => { console.error(err); process.exit(1); });
