@@ -1,6 +1,6 @@
 """One simulated user: region probe, session create, WebRTC, a scripted conversation, hang-up.
 
-The user is the end-to-end benchmark's client (:class:`cluster.bench.e2e.Client`): a
+The user is the end-to-end benchmark's client (:class:`cluster.bench.client.Client`): a
 microphone track at real time out; audio, video and the data channel in, decoding only the
 audio level and the mouth region's luma. It plays :func:`conversation` turns (spoken questions
 from the piper voice, typed ones, barge-ins) with idle pauses between them, hangs up, and
@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cluster.bench.e2e import Client, SessionHTTP, play_turn, script
+from cluster.bench.client import Client, SessionHTTP
+from cluster.bench.e2e import play_turn, script
 from cluster.bench.e2e_metrics import TurnLog, analyse
 from cluster.bench.signals import SILENCE_RMS, first_above
 from models.errors import AvatarError
