@@ -28,6 +28,19 @@ class SessionRequest(BaseModel):
     video: bool = Field(True, description="Render the avatar's face for this session.")
     resume: str | None = Field(None, max_length=128, description="Id of an earlier session "
                                "of the same tenant whose conversation this one continues.")
+    measurements: dict[str, ProbeResult] | None = Field(
+        None, max_length=64, description="The client's probes per region (the global entry "
+        "places by them); this region's is returned as client_network.")
+
+
+class ProbeResult(BaseModel):
+    """What the client measured to one region's gateway (``/v1/probe``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rtt_ms: float = Field(ge=0, le=10_000)
+    jitter_ms: float = Field(ge=0, le=10_000)
+    loss: float = Field(0.0, ge=0, le=1)
+    measured_at_s: float = Field(ge=0, description="UNIX seconds when the probe ran.")
 
 
 class TextRequest(BaseModel):
@@ -109,9 +122,11 @@ def create_api(gateway: Gateway, *, metrics_url: str | None = None) -> FastAPI:
         URLs. ``resume`` needs the earlier session's token as ``Authorization: Bearer``."""
         body = body or SessionRequest()
         client = request.client.host if request.client else "unknown"
-        return await gateway.create_session(
+        created = await gateway.create_session(
             body.persona, body.video, body.resume, client_ip=client,
             api_key=request.headers.get("x-api-key"), token=session_token(request))
+        mine = (body.measurements or {}).get(gateway.config.cluster.region)
+        return {**created, "client_network": None if mine is None else mine.model_dump()}
 
     @app.get("/v1/sessions/{session_id}", summary="A live session's state")
     async def session_info(session_id: Session) -> dict[str, Any]:

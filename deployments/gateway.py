@@ -277,7 +277,7 @@ class Gateway:
             stats = await self.renderers.stats()
         except Exception as exc:
             raise self._translate(exc) from None
-        return {"status": "ready", **stats}
+        return {"status": "ready", "region": self.config.cluster.region, **stats}
 
     async def aclose(self) -> None:
         for task in self._holds.values():

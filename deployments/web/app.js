@@ -107,6 +107,80 @@ async function failed(res, what) {
   if (!ended(res.status, msg)) showError(`${what}: ${msg}`);
 }
 
+// ------------------------------------------------------------------------------ network probe
+// While the page waits for Start: round trip and interarrival jitter (RFC 3550) to this
+// gateway over its /v1/probe WebSocket. They go along with the session request (placement
+// across regions uses them) and show in the HUD until the data channel's own pings do.
+const PROBES = 20;
+const PROBE_EVERY_MS = 20;
+const PROBE_FRESH_S = 60;
+let network = null;  // {region, rtt_ms, jitter_ms, loss, measured_at_s}
+
+const clockMs = () => (performance.timeOrigin || 0) + performance.now();
+
+function probeGateway(region) {
+  if (typeof WebSocket === 'undefined' || !window.location?.host) return Promise.resolve(null);
+  const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
+  return new Promise((resolve) => {
+    const rtts = [];
+    let sent = 0;
+    let jitter = 0;
+    let transit = null;
+    let timer = null;
+    let ws;
+    const finish = () => {
+      clearInterval(timer);
+      try { ws.close(); } catch { /* already closed */ }
+      if (!rtts.length) return resolve(null);
+      const sorted = [...rtts].sort((a, b) => a - b);
+      resolve({ region, rtt_ms: sorted[Math.floor(sorted.length / 2)], jitter_ms: jitter,
+        loss: Math.max(0, 1 - rtts.length / sent), measured_at_s: Date.now() / 1000 });
+    };
+    try {
+      ws = new WebSocket(`${scheme}://${window.location.host}/v1/probe`);
+    } catch {
+      return resolve(null);
+    }
+    const deadline = setTimeout(finish, 3000);
+    ws.onopen = () => {
+      timer = setInterval(() => {
+        if (sent >= PROBES) {
+          clearInterval(timer);
+          setTimeout(() => { clearTimeout(deadline); finish(); }, 300);
+          return;
+        }
+        ws.send(JSON.stringify({ seq: sent++, t: clockMs() }));
+      }, PROBE_EVERY_MS);
+    };
+    ws.onmessage = (message) => {
+      const now = clockMs();
+      let echo;
+      try { echo = JSON.parse(message.data); } catch { return; }
+      if (!Number.isFinite(echo.t) || !Number.isFinite(echo.ts)) return;
+      rtts.push(now - echo.t);
+      const t = now - echo.ts;  // downlink transit (plus a constant clock offset)
+      if (transit !== null) jitter += (Math.abs(t - transit) - jitter) / 16;
+      transit = t;
+    };
+    ws.onerror = () => { clearTimeout(deadline); finish(); };
+  });
+}
+
+async function measureNetwork() {
+  try {
+    const res = await fetch('/readyz');
+    const region = res.ok ? (await res.json()).region : null;
+    if (!region) return;
+    network = await probeGateway(region);
+    if (network && !session) ui.hudRtt.textContent = String(Math.round(network.rtt_ms));
+  } catch { /* no probe: sessions are placed without it */ }
+}
+
+const measurements = () => (network && Date.now() / 1000 - network.measured_at_s < PROBE_FRESH_S
+  ? { [network.region]: { rtt_ms: network.rtt_ms, jitter_ms: network.jitter_ms,
+    loss: network.loss, measured_at_s: network.measured_at_s } }
+  : undefined);
+
 // ------------------------------------------------------------------------------ session
 // Start: POST /v1/sessions, then a peer connection (or the HTTP fallback).
 async function start() {
@@ -120,7 +194,8 @@ async function start() {
   let res;
   try {
     res = await fetch(API, {
-      method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ persona, video: true }),
+      method: 'POST', headers: JSON_HEADERS,
+      body: JSON.stringify({ persona, video: true, measurements: measurements() }),
     });
   } catch (err) {
     if (mine === attempt) retryLater(DEFAULT_RETRY_S, `Cannot reach the server (${err.message})`);
@@ -649,6 +724,7 @@ ui.interrupt.addEventListener('click', () => interrupt());
 ui.form.addEventListener('submit', sendText);  // Enter in the text box submits the form
 ui.mic.addEventListener('click', () => toggleMic());
 window.addEventListener('pagehide', () => { if (session) stop(); });
+measureNetwork();
 
 // For diagnostics and browser tests; reads only.
 window.avatarDebug = {
@@ -657,5 +733,6 @@ window.avatarDebug = {
   get mode() { return session?.mode ?? null; },
   get peers() { return session?.peers ?? 0; },  // peer connections made for this session
   events: recent,
+  get network() { return network; },  // the probe of this gateway (null until measured)
   stats: () => mediaStats(session?.pc ?? null),
 };

@@ -154,6 +154,11 @@ def test_spoken_question_gets_a_spoken_answer_with_a_moving_mouth(client: Client
 def test_typed_chat_goes_over_the_data_channel(client: Client) -> None:
     page = client.page
     client.open()
+    # Before Start, the page has measured its gateway over the /v1/probe WebSocket.
+    page.wait_for_function("() => window.avatarDebug.network !== null", timeout=10_000)
+    network = page.evaluate("() => window.avatarDebug.network")
+    assert network["region"] == "local" and 0 < network["rtt_ms"] < 500
+    assert network["jitter_ms"] >= 0 and network["loss"] == 0
     client.connect()
     assert page.get_attribute("#mic", "aria-pressed") == "false"
     seen = len(client.events())

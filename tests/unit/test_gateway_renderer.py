@@ -276,3 +276,13 @@ def test_session_routes_refuse_other_tokens_and_the_session_goes_on(client: Test
     assert client.get(f"/v1/sessions/{sid}").json()["state"] == "listening"
     assert client.get(f"/v1/sessions/{sid}/transcript?token={TOKENS[sid]}",
                       headers={"Authorization": ""}).json() == {"session_id": sid, "turns": []}
+
+
+def test_the_clients_probe_of_this_region_comes_back_with_the_session(client) -> None:
+    probe = {"rtt_ms": 12.5, "jitter_ms": 1.5, "loss": 0.0, "measured_at_s": 1.8e9}
+    reply = client.post("/v1/sessions", json={"video": False, "measurements": {
+        "local": probe, "far-away": {**probe, "rtt_ms": 250.0}}})
+    assert reply.status_code == 201 and reply.json()["client_network"] == probe
+    assert client.get("/readyz").json()["region"] == "local"
+    bad = client.post("/v1/sessions", json={"measurements": {"local": {**probe, "rtt_ms": -1}}})
+    assert bad.status_code == 422 and "rtt_ms" in bad.json()["error"]
