@@ -103,13 +103,10 @@ class Gateway:
         self.metrics = metrics or MetricsSink()
         self._holds: dict[str, asyncio.Task[None]] = {}
         self._tenants: OrderedDict[str, str] = OrderedDict()
-        auth = config.cluster.auth
-        try:
-            self.tokens = SessionTokens(signing_key or auth_signing_key(auth),
-                                        config.cluster.region, auth.token_ttl_s)
-            self.api_keys = ApiKeys.load(auth.api_keys_file)
-        except ConfigError as exc:
-            raise ApiError(500, exc.message) from None
+        auth = config.cluster.auth  # a bad key or keys file stops start-up (ConfigError)
+        self.tokens = SessionTokens(signing_key or auth_signing_key(auth),
+                                    config.cluster.region, auth.token_ttl_s)
+        self.api_keys = ApiKeys.load(auth.api_keys_file)
         self.admission = Admission(config.cluster.admission)
 
     async def authorize(self, session_id: str, token: str | None) -> None:
