@@ -286,7 +286,10 @@ class LlamaCppLLM(LLM):
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), self._config.timeout_s)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that lands as an item arrives, and the stream goes on.
+                    async with asyncio.timeout(self._config.timeout_s):
+                        item = await queue.get()
                 except TimeoutError:
                     raise BackendError(f"llama.cpp produced nothing for "
                                        f"{self._config.timeout_s:g} s; the engine is overloaded "
