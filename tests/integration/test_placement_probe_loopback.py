@@ -107,7 +107,7 @@ def test_kernel_receive_stamps_on_linux() -> None:
         before = time.time_ns()
         tx.sendto(b"hello", rx.getsockname())
         time.sleep(0.05)  # the stamp is the arrival, not this late read
-        after = time.time_ns()
+        read_at = time.time_ns()
         data, _, stamp_ns = recv_stamped(rx)
     assert data == b"hello"
-    assert stamp_ns is not None and before <= stamp_ns <= before + 20_000_000 < after
+    assert stamp_ns is not None and before <= stamp_ns <= read_at - 25_000_000

@@ -119,7 +119,7 @@ def test_docs_benchmarks_give_their_figures_and_sources(docs_measured) -> None:
     serve = docs_measured.get("serve.core_s_per_turn")
     assert serve.value == pytest.approx(10.26 * 6 * 2 / 1000, abs=1e-4)
     latency = docs_measured.get("latency.voice_to_first_audio_p95_ms")
-    assert (latency.value, latency.source) == (1043.4, "docs/bench/e2e-cpu-2core.json")
+    assert (latency.value, latency.source) == (882.1, "docs/bench/e2e-cpu-2core.json")
     whisper = docs_measured.get("asr.whisper.core_s_per_turn")
     assert whisper.assumed and "docs/benchmarks.md" in whisper.note
 
@@ -148,7 +148,7 @@ def test_load_test_figure_caps_the_renderer(tmp_path: Path, docs_measured) -> No
 def test_latency_slo_is_checked_against_the_measured_figure(docs_measured) -> None:
     profile = traffic_from_dict({"regions": {"aws-us-east-1": {"peak_sessions": 10}},
                                  "slo": {"voice_to_first_audio_p95_ms": 800}})
-    with pytest.raises(InputError, match=r"800 ms but the stack measured 1043.4 ms "
+    with pytest.raises(InputError, match=r"800 ms but the stack measured 882.1 ms "
                        r"\(docs/bench/e2e-cpu-2core.json\); raise the SLO"):
         make_plan(profile, load_pricing(DEFAULT_PRICING), docs_measured)
 

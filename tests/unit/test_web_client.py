@@ -361,7 +361,8 @@ def test_without_rtcpeerconnection_the_page_uses_plain_http(run: dict) -> None:
 
 def test_a_peer_that_never_connects_falls_back_to_plain_http(run: dict) -> None:
     assert run["never_connected"] == {"streams_before_timeout": 0, "pc_closed": True,
-                                      "events_url": "/v1/sessions/s5/events?token=tok-s5", "mode": "http"}
+                                      "events_url": "/v1/sessions/s5/events?token=tok-s5",
+                                      "mode": "http"}
 
 
 def test_gone_session_reports_the_servers_message(run: dict) -> None:
