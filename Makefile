@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: install run test test-unit test-all bench lint fmt clean help
+.PHONY: install run test test-unit test-all bench lint fmt clean help fuzz
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ bench: install  ## Benchmarks (pipeline, serve, e2e); JSON results in out/bench/
 	$(BIN)/avatarctl bench pipeline --json --out out/bench/pipeline.json
 	$(BIN)/avatarctl bench serve --json --out out/bench/serve.json
 	$(BIN)/avatarctl bench e2e --serve --json --out out/bench/e2e.json
+
+fuzz: install  ## atheris: 100,000 inputs per input edge, one after another; JSON in out/fuzz/
+	$(BIN)/python scripts/fuzz.py --target all --runs 100000
 
 lint: install  ## ruff
 	$(BIN)/ruff check .

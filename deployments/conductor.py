@@ -42,6 +42,7 @@ from models.frames import (
 )
 from models.guardrails.base import Guardrails
 from models.knowledge.base import KnowledgeStore
+from models.knowledge.qdrant import MAX_QUERY_CHARS
 from models.llm.base import LLM, ChatMessage, LLMRequest
 from models.tts.base import TTS
 
@@ -191,6 +192,9 @@ class Conductor:
         cleaned = "".join(ch for ch in text if ch.isprintable() or ch in "\n\t").strip()
         if not cleaned:
             raise InputError("text is empty; type a question")
+        if len(cleaned) > MAX_QUERY_CHARS:  # else the turn's retrieval fails with no reply
+            raise InputError(f"text is {len(cleaned)} characters; a question may have at most "
+                             f"{MAX_QUERY_CHARS} (the knowledge base searches no longer ones)")
         return cleaned
 
     # --- ASR events -------------------------------------------------------------------------

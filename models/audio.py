@@ -40,6 +40,9 @@ def validate_pcm(
                 hint = " (it also contains NaN or infinite values)"
             else:
                 hint = " (convert float audio in -1..1 with models.audio.to_int16)"
+        elif pcm.dtype.kind == "i" and pcm.dtype.itemsize == 2:
+            hint = (f" in the wrong byte order ({pcm.dtype.str}); convert it with "
+                    "pcm.astype(np.int16)")
         raise InputError(f"audio must be int16 PCM, got dtype {pcm.dtype}{hint}")
     if pcm.ndim != 1:
         raise InputError(

@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +35,7 @@ from models.frames import Interrupt, SpeechAudio
 log = logging.getLogger(__name__)
 MAX_SDP_CHARS = 32_000
 MAX_MESSAGE_CHARS = 8_000
+_SDP_LINE = re.compile(r"[a-z]=")
 CHANNEL_EVENTS = ("transcript", "text_delta", "clause", "state", "interrupt", "turn_end",
                   "error", "closed")
 """Session events sent over the data channel (audio travels on the audio track)."""
@@ -51,6 +54,32 @@ def check_offer(sdp: object, kind: object) -> str:
         raise InputError("sdp is not a session description (it must start with v=0 and have "
                          "at least one m= line)")
     return sdp
+
+
+def parse_offer(sdp: object, kind: object) -> Any:
+    """The offer parsed by aiortc's SDP parser, or InputError saying what is wrong with it.
+
+    aiortc's parser reports malformed lines with whatever Python raises (ValueError,
+    AssertionError, StopIteration, AttributeError...); every one of them becomes an
+    InputError that names the offending line where it can."""
+    from aiortc.sdp import SessionDescription
+
+    text = check_offer(sdp, kind)
+    for number, line in enumerate(text.splitlines(), 1):
+        if line and not _SDP_LINE.match(line):
+            raise InputError(f"sdp line {number} is not of the form <letter>=<value>: "
+                             f"{line[:60]!r}; send the offer exactly as createOffer() made it")
+    try:
+        parsed = SessionDescription.parse(text)
+    except Exception as exc:
+        detail = str(exc)[:120] or "a malformed attribute"
+        raise InputError(f"the offer could not be parsed ({type(exc).__name__}: {detail}); "
+                         "send the offer exactly as createOffer() made it") from None
+    for number, media in enumerate(parsed.media, 1):
+        if media.dtls is None or not media.dtls.fingerprints:  # else DTLS fails later, unseen
+            raise InputError(f"media section {number} ({media.kind}) has no a=fingerprint and "
+                             "a=setup; send the offer exactly as createOffer() made it")
+    return parsed
 
 
 MIC_PREFETCH_FRAMES = 1
@@ -100,6 +129,16 @@ def mic_to_mono(frame: Any) -> tuple[np.ndarray, int]:
     return np.asarray(mono, dtype=np.int16), int(frame.sample_rate)
 
 
+def _client_time(t: object) -> float | int | None:
+    """A ping's ``t`` (the client's clock, echoed back): a finite number or absent."""
+    if t is None or (isinstance(t, int) and not isinstance(t, bool) and abs(t) < 2**63):
+        return t
+    if isinstance(t, float) and math.isfinite(t):
+        return t
+    raise InputError(f"ping t must be a finite number (the client's clock in ms), got "
+                     f"{type(t).__name__}")
+
+
 class MediaPeer:
     """The WebRTC side of one session (created by the renderer for each offer)."""
 
@@ -125,26 +164,21 @@ class MediaPeer:
         session.add_listener(self._on_session_event)
 
     async def answer(self, sdp: str, kind: str) -> dict[str, str]:
-        """Apply the client's offer; return the complete answer (all ICE candidates)."""
-        from aiortc import RTCSessionDescription
+        """Apply the client's offer; return the complete answer (all ICE candidates).
 
-        offer = RTCSessionDescription(sdp=check_offer(sdp, kind), type="offer")
+        A malformed or inconsistent offer raises InputError; the caller closes the peer."""
+        parse_offer(sdp, kind)
         try:
-            await self.pc.setRemoteDescription(offer)
-        except (ValueError, KeyError, IndexError) as exc:
-            raise InputError(f"the offer could not be applied: {exc}") from None
-        set_audio_prefetch(self.pc, MIC_PREFETCH_FRAMES)
-        kinds = {t.kind for t in self.pc.getTransceivers()}
-        if not kinds & {"audio", "video"}:
-            raise InputError("the offer has no audio or video section; add recvonly audio and "
-                             "video transceivers before creating it")
-        # addTrack reuses the offer's transceiver of the same kind (recvonly -> sendrecv).
-        if "audio" in kinds:
-            self.pc.addTrack(self.audio)
-        if "video" in kinds:
-            self.pc.addTrack(self.video)
-        answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(answer)  # waits for ICE gathering
+            kinds = await self._negotiate(sdp)
+        except InputError:
+            raise
+        except OSError as exc:
+            raise BackendError(f"ICE gathering failed on this renderer: {exc}") from None
+        except Exception as exc:  # aiortc checks offers with asserts, ValueErrors, None access
+            detail = str(exc)[:120] or "an inconsistent media section"
+            raise InputError(f"the offer could not be applied ({type(exc).__name__}: "
+                             f"{detail}); send the offer exactly as createOffer() made it"
+                             ) from None
         local = self.pc.localDescription
         if self._encoders is not None and "video" in kinds and \
                 negotiated_codec(local.sdp, "video") == "VP8":
@@ -156,6 +190,25 @@ class MediaPeer:
             except BackendError as exc:
                 log.warning("encoding this session's video in-process: %s", exc)
         return {"sdp": local.sdp, "type": local.type}
+
+    async def _negotiate(self, sdp: str) -> set[str]:
+        """setRemoteDescription, our tracks, createAnswer, setLocalDescription (which waits for
+        ICE gathering); returns the offer's media kinds."""
+        from aiortc import RTCSessionDescription
+
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        set_audio_prefetch(self.pc, MIC_PREFETCH_FRAMES)
+        kinds = {t.kind for t in self.pc.getTransceivers()}
+        if not kinds & {"audio", "video"}:
+            raise InputError("the offer has no audio or video section; add recvonly audio and "
+                             "video transceivers before creating it")
+        # addTrack reuses the offer's transceiver of the same kind (recvonly -> sendrecv).
+        if "audio" in kinds:
+            self.pc.addTrack(self.audio)
+        if "video" in kinds:
+            self.pc.addTrack(self.video)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return kinds
 
     # --- in ---------------------------------------------------------------------------------
 
@@ -189,8 +242,9 @@ class MediaPeer:
                                  f"{MAX_MESSAGE_CHARS} characters")
             try:
                 data = json.loads(message)
-            except json.JSONDecodeError:
-                raise InputError("data channel message is not JSON; send "
+            except (ValueError, RecursionError):  # also too deep, or a number of 4300+ digits
+                raise InputError("data channel message is not JSON (or nested or numbered "
+                                 'beyond what JSON decoding allows); send '
                                  '{"type": "text", "text": "..."}') from None
             kind = data.get("type") if isinstance(data, dict) else None
             if kind == "text":
@@ -200,7 +254,7 @@ class MediaPeer:
             elif kind == "interrupt":
                 await self.session.conductor.interrupt()
             elif kind == "ping":
-                self._send("pong", {"t": data.get("t"),
+                self._send("pong", {"t": _client_time(data.get("t")),
                                     "pts_ms": round(self.session.clock.now_ms(), 1)})
             else:
                 raise InputError(f"unknown message type {kind!r:.40}; use text, interrupt or "
@@ -261,6 +315,26 @@ class MediaPeer:
             self.video.encoder.close()
         for task in list(self._tasks):
             task.cancel()
-        with contextlib.suppress(Exception):
+        try:
             await self.pc.close()
+        except Exception:  # a half-applied offer can stop aiortc's close() midway
+            for dtls in _transports(self.pc):
+                with contextlib.suppress(Exception):
+                    await dtls.stop()
+                with contextlib.suppress(Exception):
+                    await dtls.transport.stop()
+
+    def open_transports(self) -> int:
+        """ICE transports of this peer that gathered candidates and are not closed yet (each
+        holds UDP sockets); 0 after :meth:`close`."""
+        return sum(1 for dtls in _transports(self.pc) if dtls.transport.state != "closed"
+                   and dtls.transport.iceGatherer.state != "new")
+
+
+def _transports(pc: Any) -> list[Any]:
+    """The DTLS transports of ``pc`` (media and data channel) that exist."""
+    found = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        found.append(pc.sctp.transport)
+    return [t for t in found if t is not None and getattr(t, "transport", None) is not None]
 

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 VAD_RATE_HZ = 16000
 DEFAULT_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
 PRE_ROLL_MS = 200.0
+MAX_PTS_MS = 1e15
+"""Chunk timestamps beyond this (about 31,000 years) are refused as input errors."""
 _CLOSED = object()
 
 
@@ -175,8 +177,10 @@ class StreamingASRSession(ASRSession):
         if self._closed:
             raise InputError("this ASR session is closed; open a new one")
         validate_pcm(chunk.pcm, chunk.sample_rate_hz, self._allowed_rates, self._max_chunk_ms)
-        if not math.isfinite(chunk.pts_ms):
-            raise InputError(f"chunk pts_ms must be a finite number, got {chunk.pts_ms}")
+        if not _usable_ms(chunk.pts_ms):
+            raise InputError(f"chunk pts_ms must be a finite number of milliseconds within "
+                             f"±{MAX_PTS_MS:.0e}, got {type(chunk.pts_ms).__name__} "
+                             f"{str(chunk.pts_ms)[:40]}")
         if chunk.sample_rate_hz != self._rate:
             self._switch_rate(chunk.sample_rate_hz)
         assert self._resampler is not None
@@ -351,6 +355,18 @@ class StreamingASRSession(ASRSession):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._queue.put_nowait(_CLOSED)
+
+
+def _usable_ms(value: object) -> bool:
+    """A timestamp the stream can compute with: a real number (not a bool) within
+    ±:data:`MAX_PTS_MS`. Huge ints would overflow float conversion; NaN and inf poison every
+    event time after them."""
+    if isinstance(value, bool | np.bool_) or not isinstance(
+            value, int | float | np.integer | np.floating):
+        return False
+    if isinstance(value, int | np.integer):
+        return abs(int(value)) <= MAX_PTS_MS
+    return math.isfinite(value) and abs(value) <= MAX_PTS_MS
 
 
 def _consume_exception(task: asyncio.Future[object]) -> None:

@@ -148,7 +148,8 @@ async def test_a_content_length_that_is_not_a_number_is_refused():
 class NoRenderer:
     """A renderer client that must never be reached by a refused request."""
 
-    calls: list[str] = []
+    def __init__(self) -> None:
+        self.calls: list[str] = []
 
     async def create_session(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append("create_session")
