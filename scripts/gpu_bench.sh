@@ -3,7 +3,9 @@
 #
 # The machine has python3 with CUDA PyTorch but no network: the few wheels the project needs
 # beyond its image travel in .whl/ (fetch them here with `pip download --python-version 3.12
-# --only-binary=:all: -d .whl av pydantic pydantic-core annotated-types typing-inspection`).
+# --only-binary=:all: -d .whl av pydantic pydantic-core annotated-types typing-inspection`, and
+# for the encode benchmark aiortc aioice pyee pylibsrtp pyopenssl cryptography cffi pycparser
+# google-crc32c dnspython ifaddr).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
@@ -24,3 +26,12 @@ $PY -m cluster.cli bench render --device cuda --sessions "$SESSIONS" --size 256,
 echo "render bench exit $?"
 tail -5 "$OUT/render-gpu.err"
 head -c 3000 "$OUT/render-gpu.json"
+# VP8 encoding on the GPU node's CPU cores: threads against encoder processes (the binding
+# resource of a renderer, cluster.webrtc.encoder_processes).
+ENCODE_SESSIONS=${ENCODE_SESSIONS:-1,8,16,24,32,48,64}
+for SIZE in 512 256; do
+  $PY -m cluster.cli bench encode --size "$SIZE" --sessions "$ENCODE_SESSIONS" --seconds 3 \
+    --json > "$OUT/encode-$SIZE.json" 2> "$OUT/encode-$SIZE.err"
+  echo "encode bench $SIZE px exit $?"
+  tail -3 "$OUT/encode-$SIZE.err"
+done
