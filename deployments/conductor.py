@@ -10,16 +10,24 @@ Everything the avatar says for a turn carries the turn's id. Barge-in (the user 
 talking while the avatar thinks or speaks) cancels the turn's task, which stops the LLM and
 TTS streams where they are, drops queued output of that turn, and emits :class:`Interrupt`
 ahead of anything else. Each turn records timing marks (:mod:`deployments.timing`).
+
+A turn never ends in silence: when a stage fails for good (the adapters in
+:mod:`deployments.remote` already retried a dead replica once), the user gets an
+:class:`ErrorEvent` saying what went wrong and hears the persona's apology, from a clip kept by
+:mod:`deployments.apology` when the TTS itself failed, or reads it when no clip exists. The
+turn, apology included, is committed to the history so the conversation goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+import logging
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 
 from configs.schema import ConversationConfig, KnowledgeBaseConfig, PersonaConfig
+from deployments.apology import APOLOGY_CLIPS, ApologyClips, Stage, StageFailed, clip, staged
 from deployments.chunker import ClauseChunker
 from deployments.timing import TurnTimings
 from models.asr.base import ASRSession
@@ -38,6 +46,7 @@ from models.frames import (
     StateChange,
     TextDelta,
     Transcript,
+    TTSChunk,
     TurnEnd,
 )
 from models.guardrails.base import Guardrails
@@ -49,6 +58,9 @@ from models.tts.base import TTS
 OutputEvent = (
     SpeechAudio | TextDelta | Transcript | StateChange | Interrupt | TurnEnd | ErrorEvent | Clause
 )
+APOLOGY_CLIP_WAIT_S = 1.5
+"""When the TTS fails while the apology clip is still being synthesised, wait this long."""
+log = logging.getLogger(__name__)
 
 
 class OutputQueue:
@@ -103,6 +115,7 @@ class Conductor:
         clock: Clock,
         top_k: int = 4,
         history: list[ChatMessage] | None = None,
+        apology_clips: ApologyClips | None = None,
     ) -> None:
         self.asr = asr
         self.llm = llm
@@ -128,17 +141,35 @@ class Conductor:
         self._voice_turn: tuple[str, TurnTimings] | None = None
         self._merged_turns: set[int] = set()
         self._closed = False
+        self.apology_clips = apology_clips or APOLOGY_CLIPS
+        self.stage_failures: Counter[Stage] = Counter()
+        """Turns that ended in the apology, by the stage that failed (for metrics)."""
+        self._apology_task: asyncio.Task[object] | None = None
+        self._clause_index = 0
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self.asr is not None and self._asr_task is None:
             self._asr_task = asyncio.create_task(self._consume_asr(), name="conductor-asr")
+        if self.tts.reentrant:  # a non-reentrant engine is prepared after the first turn
+            self._prepare_apology()
         self._set_state("listening" if self.asr is not None else "idle")
+
+    def _prepare_apology(self) -> None:
+        """Synthesise the apology clip in the background unless it exists or is on its way."""
+        running = self._apology_task is not None and not self._apology_task.done()
+        if self._closed or running or \
+                self.apology_clips.get(self.tts, self.persona.apology) is not None:
+            return
+        self._apology_task = asyncio.create_task(
+            self.apology_clips.ensure(self.tts, self.persona.apology), name="apology-clip")
 
     async def aclose(self) -> None:
         self._closed = True
         await self._cancel_turn()
+        if self._apology_task is not None:
+            self._apology_task.cancel()  # the shared synthesis itself goes on
         if self._asr_task is not None:
             self._asr_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -207,7 +238,21 @@ class Conductor:
                     await self._on_asr_event(event)
                 return
             except AvatarError as exc:  # a failed transcription loses one utterance, no more
-                self.out.put(ErrorEvent(exc.message, self.clock.now_ms()))
+                self._asr_failed(exc)
+
+    def _asr_failed(self, exc: AvatarError) -> None:
+        """The utterance could not be transcribed: ask the user to say it again (unless a
+        typed turn is already being answered)."""
+        timings, self._pending_speech = self._pending_speech, None
+        self._carry_text = None
+        if self._turn_task is not None and not self._turn_task.done():
+            self._report_failure("asr", exc, timings.turn_id if timings else self._turn_id)
+            return
+        timings = timings or self._new_turn("voice")
+        self._voice_turn = None
+        self._turn_task = asyncio.create_task(
+            self._run_turn("", timings, StageFailed("asr", exc)),
+            name=f"turn-{timings.turn_id}")
 
     async def _on_asr_event(self, event: SpeechStarted | SpeechEnded | Transcript) -> None:
         if isinstance(event, SpeechStarted):
@@ -297,32 +342,41 @@ class Conductor:
             self.state = state
             self.out.put(StateChange(state, self.clock.now_ms()))
 
-    async def _run_turn(self, text: str, t: TurnTimings) -> None:
+    async def _run_turn(self, text: str, t: TurnTimings,
+                        failed: StageFailed | None = None) -> None:
+        """Answer ``text``; a turn started with ``failed`` (the transcription failed) only
+        apologises. Whatever fails, the turn ends with the apology and is committed."""
         spoken: list[str] = []
         refused = False
         interrupted = False
+        self._clause_index = 0
         try:
-            self._set_state("thinking")
-            verdict = self.rails.check_input(text)
-            t.mark("input_rail_done", self.clock.now_ms())
-            if not verdict.allowed:
-                refused = True
-                await self._speak_clauses(self._single(verdict.reply or
-                                                       self.persona.guardrails.refusal), t, spoken)
-            else:
-                await self._speak_clauses(self._reply_clauses(verdict.text, t), t, spoken)
+            try:
+                if failed is not None:
+                    raise failed
+                self._set_state("thinking")
+                verdict = self.rails.check_input(text)
+                t.mark("input_rail_done", self.clock.now_ms())
+                if not verdict.allowed:
+                    refused = True
+                    await self._speak_clauses(self._single(
+                        verdict.reply or self.persona.guardrails.refusal), t, spoken)
+                else:
+                    await self._speak_clauses(self._reply_clauses(verdict.text, t), t, spoken)
+            except StageFailed as exc:
+                self._report_failure(exc.stage, exc.error, t.turn_id)
+                await self._apologize(t, spoken, tts_failed=exc.stage == "tts")
+            except AvatarError as exc:  # e.g. the rails could not check this input
+                self._report_failure(None, exc, t.turn_id)
+                await self._apologize(t, spoken, tts_failed=False)
         except asyncio.CancelledError:
             interrupted = True
             raise
-        except AvatarError as exc:
-            self.out.put(ErrorEvent(exc.message, self.clock.now_ms()))
-            with contextlib.suppress(AvatarError):
-                await self._speak_clauses(self._single(self.persona.apology), t, spoken)
         finally:
             t.mark("turn_end", self.clock.now_ms())
             reply = " ".join(spoken)
-            if t.turn_id not in self._merged_turns:  # a continued turn is asked again, whole
-                self.history.append(ChatMessage("user", text))
+            if text and t.turn_id not in self._merged_turns:  # a continued turn is asked
+                self.history.append(ChatMessage("user", text))  # again, whole
                 if reply:
                     self.history.append(ChatMessage("assistant", reply))
             keep = 2 * self.config.history_turns
@@ -332,18 +386,50 @@ class Conductor:
                                  dict(t.marks), text, t.turn_id in self._merged_turns))
             if not interrupted:
                 self._set_state("listening" if self.asr is not None else "idle")
+                self._prepare_apology()
+
+    def _report_failure(self, stage: Stage | None, exc: AvatarError, turn_id: int) -> None:
+        """Tell the user what went wrong; count and log a backend stage's failure."""
+        self.out.put(ErrorEvent(exc.message, self.clock.now_ms()))
+        if isinstance(exc, InputError):
+            log.info("turn %d: input refused (%s): %s", turn_id, stage or "turn", exc.message)
+            return
+        self.stage_failures[stage or "turn"] += 1
+        log.warning("turn %d: the %s stage failed, apologising: %s: %s", turn_id,
+                    stage or "turn", type(exc).__name__, exc.message)
+
+    async def _apologize(self, t: TurnTimings, spoken: list[str], *, tts_failed: bool) -> None:
+        """End the turn with the persona's apology: the kept clip, else freshly synthesised
+        (unless the TTS is what failed), else as text. Never raises a project error."""
+        text = self.persona.apology
+        if tts_failed:
+            chunks = await self.apology_clips.wait_pending(self.tts, text, APOLOGY_CLIP_WAIT_S)
+        else:
+            chunks = await self.apology_clips.ensure(self.tts, text)
+        index = self._clause_index
+        self._clause_index += 1
+        self.out.put(Clause(text, index, self.clock.now_ms()))
+        if chunks:
+            await self._play(clip(chunks), index, t)
+        else:  # no audio at all: the user reads it
+            log.warning("turn %d: no apology audio; sending it as text", t.turn_id)
+            self.out.put(TextDelta(text, self.clock.now_ms()))
+        spoken.append(text)
 
     async def _single(self, text: str) -> AsyncIterator[str]:
         yield text
 
     async def _reply_clauses(self, text: str, t: TurnTimings) -> AsyncIterator[str]:
         asearch = getattr(self.store, "asearch", None)  # a remote store awaits, no thread
-        if asearch is not None:
-            passages = await asearch(self.kb.tenant, self.kb.name, text, self.top_k)
-        else:
-            passages = await asyncio.to_thread(
-                self.store.search, self.kb.tenant, self.kb.name, text, self.top_k
-            )
+        try:
+            if asearch is not None:
+                passages = await asearch(self.kb.tenant, self.kb.name, text, self.top_k)
+            else:
+                passages = await asyncio.to_thread(
+                    self.store.search, self.kb.tenant, self.kb.name, text, self.top_k
+                )
+        except AvatarError as exc:
+            raise StageFailed("knowledge", exc) from exc
         t.mark("retrieval_done", self.clock.now_ms())
         keep = 2 * self.config.history_turns
         history = self.history[-keep:] if keep else []
@@ -352,7 +438,7 @@ class Conductor:
         request = LLMRequest(messages, text, tuple(passages), self.persona.fallback)
         chunker = ClauseChunker(self.config.first_clause_min_chars, self.config.clause_max_chars)
         so_far = ""
-        async for delta in self.llm.stream(request):
+        async for delta in staged("llm", self.llm.stream(request)):
             t.mark("llm_first_token", self.clock.now_ms())
             self.out.put(TextDelta(delta, self.clock.now_ms()))
             for clause in chunker.push(delta):
@@ -393,15 +479,15 @@ class Conductor:
                 await queue.put(None)
 
         producer = asyncio.create_task(produce())
-        index = 0
         try:
             while (clause := await queue.get()) is not None:
+                index = self._clause_index
                 if index == 0:
                     t.mark("first_clause", self.clock.now_ms())
+                self._clause_index += 1
                 self.out.put(Clause(clause, index, self.clock.now_ms()))
                 await self._speak(clause, index, t)
                 spoken.append(clause)
-                index += 1
             await producer
         finally:
             if not producer.done():
@@ -410,8 +496,13 @@ class Conductor:
                     await producer
 
     async def _speak(self, text: str, clause_index: int, t: TurnTimings) -> None:
+        await self._play(staged("tts", self.tts.stream(text)), clause_index, t)
+
+    async def _play(self, chunks: AsyncIterator[TTSChunk], clause_index: int,
+                    t: TurnTimings) -> None:
+        """Lay ``chunks`` out on the media clock after the audio already queued."""
         base_ms: float | None = None
-        async for chunk in self.tts.stream(text):
+        async for chunk in chunks:
             now = self.clock.now_ms()
             if base_ms is None:
                 # the clause starts where the previous audio ends, or now if that has passed

@@ -7,16 +7,21 @@ interfaces as the in-process backends (:class:`~models.asr.base.Transcriber`,
 :class:`~models.knowledge.base.KnowledgeStore`). The conductor cannot tell the difference.
 
 Errors cross back as the project's taxonomy: a replica's own :class:`AvatarError` keeps its
-type and message; a dead or unreachable replica becomes a retryable :class:`BackendError`.
-A stream that fails before its first item is retried once on another replica; after that the
-conductor's apology takes over. Cancelling the consumer (barge-in) cancels the remote stream.
+type and message; a dead or unreachable replica (:func:`transport_errors`) becomes a retryable
+:class:`BackendError`. A call whose replica died before it answered is retried once, after a
+short jittered pause, on another replica (an ASR call always: it is idempotent; a stream only
+if nothing reached the caller yet); after that the conductor's spoken apology takes
+over. Cancelling the consumer (barge-in) cancels the remote stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -30,6 +35,11 @@ from models.llm.base import LLM, LLMRequest
 from models.tts.base import TTS
 
 CALL_TIMEOUT_S = 30.0
+STREAM_IDLE_TIMEOUT_S = 30.0
+"""A stream that sends nothing for this long fails (and the conductor apologises)."""
+RETRY_BACKOFF_S = 0.1
+"""Mean pause before the one retry (jittered 50-150 %, so the sessions of a replica that died
+do not all hit the survivors at the same instant)."""
 log = logging.getLogger(__name__)
 
 
@@ -45,29 +55,70 @@ def unwrap_error(exc: BaseException, what: str) -> AvatarError:
     return BackendError(f"the {what} deployment failed ({name}); retrying may help")
 
 
+@functools.cache
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """Ray's and Serve's exceptions for a replica that died or could not be reached (the call
+    may go to another replica): actor death or unavailability, a crashed worker or node, a
+    result lost with its owner, a replica the router had picked that is gone."""
+    try:
+        from ray import exceptions as rx
+        from ray.serve.exceptions import ReplicaUnavailableError
+    except ImportError:  # pragma: no cover - ray is a core dependency
+        return ()
+    return (rx.RayActorError, rx.WorkerCrashedError, rx.NodeDiedError, rx.LocalRayletDiedError,
+            rx.ObjectLostError, ReplicaUnavailableError)
+
+
 def _is_transport(exc: BaseException) -> bool:
-    """A failure of the replica or the call itself rather than an error the model raised."""
-    return getattr(exc, "cause", None) is None and not isinstance(exc, AvatarError)
+    """The replica died or was unreachable, as opposed to an error the model raised (which
+    arrives with its ``cause``), a timeout or a cancellation: only this is retried."""
+    return getattr(exc, "cause", None) is None and isinstance(exc, transport_errors())
 
 
-async def stream_remote(handle: Any, method: str, what: str, *args: Any) -> AsyncIterator[Any]:
-    """Items of a streaming deployment method; one retry when the replica fails before the
-    first item. Stopping the iteration cancels the stream on the replica."""
+def retry_pause_s() -> float:
+    """How long to wait before the retry: :data:`RETRY_BACKOFF_S`, jittered."""
+    return RETRY_BACKOFF_S * random.uniform(0.5, 1.5)
+
+
+def _retrying(what: str, exc: BaseException) -> None:
+    log.warning("a %s replica failed (%s: %.200s); retrying once on another replica",
+                what, type(exc).__name__, exc)
+
+
+async def stream_remote(handle: Any, method: str, what: str, *args: Any,
+                        idle_timeout_s: float | None = None) -> AsyncIterator[Any]:
+    """Items of a streaming deployment method. A replica that dies before the first item is
+    replaced once (Serve's router picks a live one); a failure after an item, a second
+    failure, a model error or ``idle_timeout_s`` (default :data:`STREAM_IDLE_TIMEOUT_S`)
+    without an item raise the project's error. Stopping the iteration cancels the stream on
+    the replica."""
+    if idle_timeout_s is None:
+        idle_timeout_s = STREAM_IDLE_TIMEOUT_S
     for attempt in (1, 2):
         gen = None
         started = False
         try:
             gen = getattr(handle.options(stream=True), method).remote(*args)
-            async for item in gen:
+            items = gen.__aiter__()
+            while True:
+                try:
+                    async with asyncio.timeout(idle_timeout_s):
+                        item = await items.__anext__()
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise BackendError(f"the {what} deployment sent nothing for "
+                                       f"{idle_timeout_s:g} s") from None
                 started = True
                 yield item
-            return
         except Exception as exc:
             if started or attempt == 2 or not _is_transport(exc):
                 raise unwrap_error(exc, what) from None
+            _retrying(what, exc)
         finally:
             if gen is not None:
                 gen.cancel()
+        await asyncio.sleep(retry_pause_s())
 
 
 class RemoteTranscriber(Transcriber):
@@ -105,18 +156,28 @@ class RemoteTranscriber(Transcriber):
             except Exception as exc:
                 if attempt == 2 or not _is_transport(exc):
                     raise unwrap_error(exc, "ASR") from None
+                _retrying("ASR", exc)
+            await asyncio.sleep(retry_pause_s())
         raise AssertionError("unreachable")
 
     def transcribe(self, audio: np.ndarray) -> TranscriptResult:
+        """Blocking (a worker thread's): a replica that died is replaced once; transcription
+        is idempotent, so the utterance is simply sent again."""
         for attempt in (1, 2):
             try:
                 if self._loop is not None and self._loop.is_running():
                     future = asyncio.run_coroutine_threadsafe(self._call(audio), self._loop)
-                    return future.result(timeout=CALL_TIMEOUT_S)
+                    try:
+                        return future.result(timeout=CALL_TIMEOUT_S)
+                    except TimeoutError:
+                        future.cancel()  # the call must not go on holding the replica
+                        raise
                 return self._handle.transcribe.remote(audio).result(timeout_s=CALL_TIMEOUT_S)
             except Exception as exc:
                 if attempt == 2 or not _is_transport(exc):
                     raise unwrap_error(exc, "ASR") from None
+                _retrying("ASR", exc)
+            time.sleep(retry_pause_s())  # this worker thread only; the loop runs on
         raise AssertionError("unreachable")
 
     def warmup(self) -> None:

@@ -7,6 +7,7 @@ the same frames, whatever order or batch size the frames are sampled in.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -79,39 +80,65 @@ def breath(t_ms: np.ndarray, seed: int, depth: np.ndarray) -> np.ndarray:
     return 0.5 + depth * np.sin(2 * np.pi * hz * t + phase + wobble)
 
 
+TIMELINE_KEEP_MS = 60_000.0
+"""A :class:`SmoothTimeline` forgets changes this much older than its latest one."""
+TIMELINE_MAX_CHANGES = 512
+"""...and never keeps more changes than this, whatever their times."""
+
+
 class SmoothTimeline:
     """A vector that moves smoothly (smoothstep over ``transition_ms``) to each new target.
 
     ``add(t, target)`` records a change; ``sample(times)`` gives ``(n, dim)`` values. A change
     that interrupts a running transition starts from wherever that transition had got to.
+
+    The timeline stays small over a long session: changes older than ``keep_ms`` before the
+    latest one (beyond ``max_changes`` in all) are forgotten, except the last of them, which
+    still sets the value from its time on. Samples from that time on are exactly what the whole
+    history would give; earlier samples, and changes added before it, are no longer exact
+    (the changes are ignored).
     """
 
-    def __init__(self, initial: Sequence[float], transition_ms: float) -> None:
+    def __init__(self, initial: Sequence[float], transition_ms: float,
+                 keep_ms: float = TIMELINE_KEEP_MS,
+                 max_changes: int = TIMELINE_MAX_CHANGES) -> None:
         self.initial = np.asarray(initial, dtype=np.float64)
         self.transition_ms = float(transition_ms)
+        self.keep_ms = float(keep_ms)
+        self.max_changes = max(1, int(max_changes))
         self._times: list[float] = []
         self._targets: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
+        self._floor_ms = -np.inf
+        """Time of the oldest change kept once older ones were forgotten."""
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        """How many changes are kept."""
+        return len(self._times)
 
     def add(self, t_ms: float, target: Sequence[float]) -> None:
         """Move towards ``target`` from ``t_ms`` on (changes are kept in time order)."""
+        t_ms = float(t_ms)
+        if t_ms < self._floor_ms:
+            return  # older than what is kept: it cannot be placed exactly any more
         target = np.asarray(target, dtype=np.float64)
-        if self._times and t_ms < self._times[-1]:
-            pairs = sorted([*zip(self._times, self._targets, strict=True), (t_ms, target)],
-                           key=lambda p: p[0])
-            self._times, self._targets, self._starts = [], [], []
-            for t, tgt in pairs:
-                self.add(t, tgt)
-            return
-        start = self.sample(np.array([t_ms]))[0]
-        self._times.append(float(t_ms))
-        self._targets.append(target)
-        self._starts.append(start)
+        i = bisect.bisect_right(self._times, t_ms)
+        self._times.insert(i, t_ms)
+        self._targets.insert(i, target)
+        self._starts.insert(i, self._value(i - 1, t_ms))
+        for j in range(i + 1, len(self._times)):  # later changes start from the new path
+            self._starts[j] = self._value(j - 1, self._times[j])
+        self._forget()
+        self._arrays = None
 
     def drop_after(self, t_ms: float) -> None:
         """Forget changes scheduled after ``t_ms`` (a pending decay that a new turn overrides)."""
-        keep = sum(1 for t in self._times if t <= t_ms)
+        keep = bisect.bisect_right(self._times, t_ms)
+        if self._floor_ms > -np.inf:
+            keep = max(keep, 1)  # the oldest kept change stands for the forgotten ones
         del self._times[keep:], self._targets[keep:], self._starts[keep:]
+        self._arrays = None
 
     def last_target(self) -> np.ndarray:
         """The most recent target (the initial value when nothing was added)."""
@@ -122,15 +149,34 @@ class SmoothTimeline:
         t = np.asarray(times_ms, dtype=np.float64).reshape(-1)
         if not self._times:
             return np.broadcast_to(self.initial, (len(t), len(self.initial))).copy()
-        k = np.searchsorted(np.array(self._times), t, side="right") - 1
+        if self._arrays is None:
+            self._arrays = (np.array(self._times), np.array(self._starts),
+                            np.array(self._targets))
+        times, starts, targets = self._arrays
+        k = np.searchsorted(times, t, side="right") - 1
         before = k < 0
         kk = np.maximum(k, 0)
-        t0 = np.array(self._times)[kk]
-        start, target = np.array(self._starts)[kk], np.array(self._targets)[kk]
-        s = smoothstep((t - t0) / self.transition_ms)[:, None]
+        start, target = starts[kk], targets[kk]
+        s = smoothstep((t - times[kk]) / self.transition_ms)[:, None]
         out = start + (target - start) * s
         out[before] = self.initial
         return out
+
+    def _value(self, k: int, t_ms: float) -> np.ndarray:
+        """The value at ``t_ms`` on the path of change ``k`` (the initial value for -1)."""
+        if k < 0:
+            return self.initial
+        start, target = self._starts[k], self._targets[k]
+        s = float(smoothstep(np.array((t_ms - self._times[k]) / self.transition_ms)))
+        return start + (target - start) * s
+
+    def _forget(self) -> None:
+        horizon = self._times[-1] - self.keep_ms
+        drop = bisect.bisect_right(self._times, horizon) - 1  # keep the last one before it
+        drop = max(drop, len(self._times) - self.max_changes)
+        if drop > 0:
+            del self._times[:drop], self._targets[:drop], self._starts[:drop]
+            self._floor_ms = self._times[0]
 
 
 @lru_cache(maxsize=256)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.animate import Animator, classify_emotion, index
-from models.animate.nonverbal import SmoothTimeline, breath
+from models.animate.nonverbal import SmoothTimeline, breath, smoothstep
 from models.frames import StateChange
 
 pytestmark = pytest.mark.unit
@@ -110,3 +110,91 @@ def test_smooth_timeline_restarts_from_where_it_was() -> None:
     assert v[49] == pytest.approx(0.5, abs=0.05) and v[-1] == 0.0
     line.drop_after(10.0)
     assert line.sample(np.array([150.0]))[0, 0] == 1.0
+
+
+class WholeHistory:
+    """The unbounded timeline as it was before changes were forgotten (the reference)."""
+
+    def __init__(self, initial: list[float], transition_ms: float) -> None:
+        self.initial = np.asarray(initial, dtype=np.float64)
+        self.transition_ms = transition_ms
+        self.times: list[float] = []
+        self.targets: list[np.ndarray] = []
+        self.starts: list[np.ndarray] = []
+
+    def add(self, t_ms: float, target: list[float]) -> None:
+        target = np.asarray(target, dtype=np.float64)
+        if self.times and t_ms < self.times[-1]:
+            pairs = sorted([*zip(self.times, self.targets, strict=True), (t_ms, target)],
+                           key=lambda p: p[0])
+            self.times, self.targets, self.starts = [], [], []
+            for t, tgt in pairs:
+                self.add(t, tgt)
+            return
+        start = self.sample(np.array([t_ms]))[0]
+        self.times.append(float(t_ms))
+        self.targets.append(target)
+        self.starts.append(start)
+
+    def drop_after(self, t_ms: float) -> None:
+        keep = sum(1 for t in self.times if t <= t_ms)
+        del self.times[keep:], self.targets[keep:], self.starts[keep:]
+
+    def sample(self, times_ms: np.ndarray) -> np.ndarray:
+        t = np.asarray(times_ms, dtype=np.float64).reshape(-1)
+        if not self.times:
+            return np.broadcast_to(self.initial, (len(t), len(self.initial))).copy()
+        k = np.searchsorted(np.array(self.times), t, side="right") - 1
+        kk = np.maximum(k, 0)
+        start, target = np.array(self.starts)[kk], np.array(self.targets)[kk]
+        out = start + (target - start) * smoothstep((t - np.array(self.times)[kk])
+                                                    / self.transition_ms)[:, None]
+        out[k < 0] = self.initial
+        return out
+
+
+def session_changes(n: int, seed: int = 5):
+    """A long session's changes: mostly in order, some late, some pending ones dropped."""
+    rng = np.random.default_rng(seed)
+    now = 0.0
+    for _ in range(n):
+        now += float(rng.uniform(50.0, 900.0))
+        late = rng.uniform() < 0.15
+        yield ("add", now - float(rng.uniform(0.0, 400.0)) if late else now,
+               rng.uniform(-10.0, 10.0, 3).tolist())
+        if rng.uniform() < 0.05:
+            yield ("drop_after", now - 100.0, None)
+
+
+def test_smooth_timeline_matches_the_whole_history_exactly() -> None:
+    new = SmoothTimeline([0.0, 1.0, 2.0], 250.0, keep_ms=np.inf, max_changes=10**9)
+    old = WholeHistory([0.0, 1.0, 2.0], 250.0)
+    for op, t, target in session_changes(300):
+        for line in (new, old):
+            line.add(t, target) if op == "add" else line.drop_after(t)
+    times = np.arange(-100.0, old.times[-1] + 500.0, 7.0)
+    np.testing.assert_array_equal(new.sample(times), old.sample(times))
+
+
+def test_a_long_session_keeps_the_timeline_small_and_recent_output_unchanged() -> None:
+    bounded = SmoothTimeline([0.0, 0.0, 0.0], 700.0)
+    whole = SmoothTimeline([0.0, 0.0, 0.0], 700.0, keep_ms=np.inf, max_changes=10**9)
+    sizes = []
+    for i, (op, t, target) in enumerate(session_changes(20_000)):
+        for line in (bounded, whole):
+            line.add(t, target) if op == "add" else line.drop_after(t)
+        if i % 1000 == 999:
+            sizes.append(len(bounded))
+            recent = np.linspace(t - 30_000.0, t + 2_000.0, 400)
+            np.testing.assert_array_equal(bounded.sample(recent), whole.sample(recent))
+    assert len(whole) > 19_000
+    assert max(sizes) <= 200, sizes  # about a minute of changes, not the whole session
+    assert len(bounded) <= bounded.max_changes
+
+
+def test_smooth_timeline_never_keeps_more_than_max_changes() -> None:
+    line = SmoothTimeline([0.0], 100.0, max_changes=8)
+    for i in range(1000):
+        line.add(float(i), [float(i % 3)])  # a burst: a thousand changes in one second
+    assert len(line) == 8
+    assert line.sample(np.array([999.0 + 100.0]))[0, 0] == pytest.approx(999 % 3)

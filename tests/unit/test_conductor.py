@@ -17,9 +17,10 @@ from configs.schema import (
 )
 from deployments.conductor import Conductor
 from models.clock import MediaClock
-from models.errors import InputError
+from models.errors import BackendError, InputError
 from models.frames import (
     AudioChunk,
+    Clause,
     ErrorEvent,
     Interrupt,
     Passage,
@@ -70,6 +71,13 @@ def make(llm=None, tts=None, asr=None, store=None) -> Conductor:
         rails=KeywordRails(PERSONA), persona=PERSONA, knowledge_base=KB,
         config=ConversationConfig(), clock=MediaClock(),
     )
+
+
+def said(events: list) -> list[str]:
+    """The clauses whose audio reached the session's output, in order."""
+    voiced = {(a.turn_id, a.clause_index) for a in events if isinstance(a, SpeechAudio)}
+    turn = next((e.turn_id for e in events if isinstance(e, TurnEnd)), None)
+    return [e.text for e in events if isinstance(e, Clause) and (turn, e.index) in voiced]
 
 
 async def collect_turn(c: Conductor, timeout: float = 5.0) -> list:
@@ -136,7 +144,7 @@ async def test_blocked_input_gets_a_spoken_refusal_and_skips_the_llm() -> None:
     await c.send_text("Who should win the election?")
     events = await collect_turn(c)
     assert llm.requests == []
-    assert tts.spoken == ["I stay out of politics."]
+    assert said(events) == ["I stay out of politics."]
     assert events[-1].refused and events[-1].text == "I stay out of politics."
 
 
@@ -146,9 +154,9 @@ async def test_output_rail_redacts_and_blocks() -> None:
              tts=tts)
     await c.start()
     await c.send_text("How do I call?")
-    await collect_turn(c)
+    events = await collect_turn(c)
     assert "555-0100" not in " ".join(tts.spoken)
-    assert tts.spoken[-1] == "I can't help with that.", "a leaking reply ends in the refusal"
+    assert said(events)[-1] == "I can't help with that.", "a leaking reply ends in the refusal"
     assert not any("instructions" in s for s in tts.spoken)
 
 
@@ -225,7 +233,9 @@ async def test_backend_failure_gets_a_spoken_apology_and_the_session_goes_on() -
     await c.send_text("Hello?")
     events = await collect_turn(c)
     assert any(isinstance(e, ErrorEvent) for e in events)
-    assert tts.spoken == [PERSONA.apology]
+    assert said(events) == [PERSONA.apology]
+    assert c.stage_failures == {"llm": 1}
+    assert [m.content for m in c.history] == ["Hello?", PERSONA.apology], "committed as such"
     c.llm = FakeLLM()
     await c.send_text("When do you open?")
     events = await collect_turn(c)
@@ -309,4 +319,81 @@ async def test_talking_over_a_reply_in_progress_is_a_new_question() -> None:
     await asyncio.sleep(0.1)
     await c.wait_idle()
     assert [r.question for r in llm.requests] == ["Tell me about parking.", "Do you take Medicare?"]
+    await c.aclose()
+
+
+class TooLongRails(KeywordRails):
+    """Rails that refuse to work on some input with an :class:`InputError`."""
+
+    def check_input(self, text: str) -> Verdict:
+        if len(text) > 20:
+            raise InputError("the question is too long for the safety check; shorten it")
+        return super().check_input(text)
+
+
+async def test_an_input_error_inside_a_turn_reaches_the_user_and_is_not_retried() -> None:
+    llm = FakeLLM()
+    c = make(llm=llm)
+    c.rails = TooLongRails(PERSONA)
+    await c.start()
+    await c.send_text("Please tell me all about your opening hours.")
+    events = await collect_turn(c)
+    [error] = [e for e in events if isinstance(e, ErrorEvent)]
+    assert error.message == "the question is too long for the safety check; shorten it"
+    assert llm.requests == []
+    assert said(events) == [PERSONA.apology], "never silence"
+    assert c.stage_failures == {}, "bad input is not a backend failure"
+    await c.send_text("Open?")
+    events = await collect_turn(c)
+    assert events[-1].text.startswith("Our clinic opens") and not any(
+        isinstance(e, ErrorEvent) for e in events)
+
+
+class FailingStore(FakeStore):
+    def search(self, tenant: str, kb: str, query: str, top_k: int = 4) -> list[Passage]:
+        raise BackendError("the Knowledge deployment failed (ActorDiedError); retrying may help")
+
+
+async def test_a_failed_retrieval_ends_in_the_apology_counted_as_knowledge() -> None:
+    llm = FakeLLM()
+    c = make(llm=llm, store=FailingStore())
+    await c.start()
+    await c.send_text("When do you open?")
+    events = await collect_turn(c)
+    assert llm.requests == []
+    assert said(events) == [PERSONA.apology]
+    assert c.stage_failures == {"knowledge": 1}
+
+
+class FailingASRSession(ScriptedASRSession):
+    """Raises a queued error from ``events()`` as StreamingASR does for a failed utterance."""
+
+    async def events(self):
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+async def test_a_failed_transcription_asks_the_user_to_say_it_again() -> None:
+    asr = FailingASRSession()
+    llm = FakeLLM()
+    c = make(asr=asr, llm=llm)
+    await c.start()
+    asr.emit(SpeechStarted(10.0))
+    asr.emit(SpeechEnded(900.0))
+    asr.emit(BackendError("the ASR deployment failed (ActorDiedError); retrying may help"))
+    events = await collect_turn(c)
+    assert any(isinstance(e, ErrorEvent) for e in events)
+    assert said(events) == [PERSONA.apology]
+    end = events[-1]
+    assert end.user_text == "" and end.text == PERSONA.apology
+    assert end.marks["speech_end"] == 900.0
+    assert llm.requests == [] and c.history == [], "nothing the user said is known"
+    assert c.stage_failures == {"asr": 1}
+    asr.emit(SpeechStarted(5000.0))  # the session goes on
+    asr.emit(Transcript("When do you open?", True, 6000.0, speech_end_ms=5900.0))
+    events = await collect_turn(c)
+    assert events[-1].text.startswith("Our clinic opens")
     await c.aclose()

@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+from ray.serve.exceptions import ReplicaUnavailableError, RequestCancelledError
 
+from deployments import remote
 from deployments.remote import (
     CALL_TIMEOUT_S,
     RemoteKnowledge,
@@ -32,8 +35,12 @@ pytestmark = pytest.mark.unit
 # --- fakes: the shapes of Ray Serve's handles and errors ---------------------------------------
 
 
-class ReplicaDied(Exception):
-    """A dead or unreachable replica (like Ray's ActorDiedError): no ``cause``."""
+class ReplicaDied(ActorDiedError):
+    """Ray's own error for a replica whose actor died mid-call (it has no ``cause``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.error_msg = message
 
 
 class TaskError(Exception):
@@ -305,7 +312,8 @@ def test_transcriber_retries_a_transport_failure_once() -> None:
 
 
 def test_transcriber_gives_up_after_two_transport_failures() -> None:
-    handle = FakeHandle(Reply(error=TimeoutError()), Reply(error=ReplicaDied("gone")))
+    handle = FakeHandle(Reply(error=ReplicaUnavailableError("asr#1")),
+                        Reply(error=ReplicaDied("gone")))
     with pytest.raises(BackendError) as info:
         RemoteTranscriber(handle).transcribe(np.zeros(10, np.float32))
     assert info.value.retryable and "ASR" in info.value.message
@@ -457,7 +465,49 @@ async def test_cancelling_an_async_transcription_cancels_the_call_on_the_replica
     assert isinstance(response, FakeResponse) and response.cancelled == 1
 
 
-async def test_async_transcription_retries_a_transport_failure_once() -> None:
-    handle = FakeHandle(Reply(error=RuntimeError("replica died")),
+async def test_async_transcription_retries_on_a_second_replica() -> None:
+    handle = FakeHandle(Reply(error=ActorUnavailableError("connection reset", None)),
                         Reply(value=TranscriptResult("hi")))
     assert (await RemoteTranscriber(handle).transcribe_async(np.zeros(10))).text == "hi"
+    assert len(handle.calls) == 2
+
+
+# --- what counts as a dead replica -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [ActorDiedError(), ActorUnavailableError("gone", None),
+                                   ReplicaUnavailableError("llm#3")],
+                         ids=["died", "unavailable", "serve-replica"])
+async def test_each_kind_of_dead_replica_is_retried(error: Exception) -> None:
+    handle = FakeHandle(Reply(error=error), Reply(items=["ok"]))
+    assert [x async for x in stream_remote(handle, "stream", "LLM", "q")] == ["ok"]
+
+
+@pytest.mark.parametrize("error", [TimeoutError(), RequestCancelledError("r1"),
+                                   RuntimeError("serializer bug"),
+                                   RayTaskError("stream", "tb", InputError("empty text")),
+                                   RayTaskError("stream", "tb", ValueError("nan"))],
+                         ids=["timeout", "cancelled", "bug", "model-input", "model-bug"])
+def test_anything_but_a_dead_replica_is_not_retried(error: Exception) -> None:
+    handle = FakeHandle(Reply(error=error), Reply(value=TranscriptResult("never")))
+    with pytest.raises(AvatarError):
+        RemoteTranscriber(handle).transcribe(np.zeros(10, np.float32))
+    assert len(handle.calls) == 1
+
+
+async def test_the_retry_waits_a_short_jittered_pause() -> None:
+    pauses = [remote.retry_pause_s() for _ in range(200)]
+    assert 0.05 <= min(pauses) < max(pauses) <= 0.15
+    handle = FakeHandle(Reply(error=ReplicaDied("a")), Reply(items=["x"]))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert [x async for x in stream_remote(handle, "stream", "TTS", "hi")] == ["x"]
+    assert 0.04 <= loop.time() - t0 < 1.0
+
+
+async def test_a_silent_stream_fails_after_its_idle_timeout_without_retry() -> None:
+    handle = FakeHandle(Reply(hang=True), Reply(items=["should never be asked"]))
+    with pytest.raises(BackendError, match="sent nothing") as info:
+        [x async for x in stream_remote(handle, "stream", "LLM", "q", idle_timeout_s=0.05)]
+    assert info.value.retryable
+    assert len(handle.calls) == 1 and handle.calls[0].response.cancelled == 1
