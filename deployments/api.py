@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.gateway import MAX_AUDIO_BYTES, WEB_DIR, ApiError, Gateway
+from deployments.knowledge_api import mount_knowledge_api
 from deployments.limits import install as install_limits
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -214,6 +215,7 @@ def create_api(gateway: Gateway, *, metrics_url: str | None = None) -> FastAPI:
     from cluster.placement.probe_api import probe_router
 
     app.include_router(probe_router())  # /v1/probe: clients measure RTT and jitter to us
+    mount_knowledge_api(app, gateway)  # /v1/knowledge: a tenant's KBs, by ingest API key
 
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

@@ -10,10 +10,14 @@
   sessions when ``require_api_key``), ``ingest`` (a tenant's knowledge bases), ``admin``.
 * **Admission** (:class:`Admission`): token buckets per client address and per tenant for new
   sessions (429 with Retry-After), in this gateway process.
+* **Tenant quota** (:class:`TenantQuota`): at most ``cluster.admission.max_sessions_per_tenant``
+  concurrent sessions per tenant in the region, counted in the shared session store so every
+  gateway replica agrees (429 with Retry-After, :class:`QuotaExceeded`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
@@ -25,12 +29,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from configs.schema import AdmissionConfig, AuthConfig
-from models.errors import AuthError, ConfigError, RateLimited
+from configs.schema import AdmissionConfig, AuthConfig, ClusterConfig
+from models.errors import AuthError, ConfigError, InputError, RateLimited
+
+if TYPE_CHECKING:
+    from deployments.session_store import SessionStore
 
 ISSUER = "avatar-cluster"
 AUDIENCE = "avatar-session"
@@ -247,3 +255,99 @@ class Admission:
             raise RateLimited(f"tenant {tenant!r} is starting sessions faster than its limit "
                               f"({self.config.sessions_per_minute_per_tenant:g}/min); retry in "
                               f"{math.ceil(wait)} s", wait)
+
+
+class QuotaExceeded(RateLimited):
+    """The tenant already holds as many concurrent sessions as its quota allows (429)."""
+
+
+def over_quota(active: int, in_flight: int, limit: int, replaces_own: bool = False) -> bool:
+    """Would one more session exceed ``limit``? ``active``: the tenant's active sessions in the
+    store; ``in_flight``: its creations this gateway has admitted but not finished;
+    ``replaces_own``: the new session resumes (and so closes) one of the active ones."""
+    return active - int(replaces_own) + in_flight >= limit
+
+
+class QuotaSlot:
+    """One admitted creation: counts as in flight for its tenant until the block ends."""
+
+    def __init__(self, quota: TenantQuota | None = None, tenant: str = "") -> None:
+        self._quota, self._tenant = quota, tenant
+
+    def __enter__(self) -> QuotaSlot:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._quota is not None:
+            self._quota._release(self._tenant)
+            self._quota = None
+
+
+class TenantQuota:
+    """At most ``limit`` concurrent sessions per tenant, counted in the session store every
+    renderer of the region writes to (one COUNT per new session, no record read).
+
+    A creation admitted here counts as in flight from the check until the renderer answers, so
+    a burst through one gateway cannot overshoot while the store has not seen its sessions yet
+    (it may briefly count one twice: after the renderer stored it and before it answered, which
+    errs on refusing). Gateways of one region see each other's sessions once stored. Resuming
+    an active session of the same tenant replaces it, so it does not count twice. ``limit``
+    None admits everything and reads nothing."""
+
+    def __init__(self, limit: int | None, store: SessionStore | None = None, *,
+                 region: str = "local", retry_after_s: float = 5.0) -> None:
+        if limit is not None and (limit < 1 or store is None):
+            raise ConfigError("a tenant quota needs a limit >= 1 and the session store")
+        self.limit, self.store, self.region = limit, store, region
+        self.retry_after_s = retry_after_s
+        self._in_flight: dict[str, int] = {}
+
+    @classmethod
+    def from_config(cls, cluster: ClusterConfig) -> TenantQuota:
+        """``cluster.admission.max_sessions_per_tenant`` over ``open_session_store(cluster)``
+        (opened only when the quota is set; an unreachable store stops start-up)."""
+        limit = cluster.admission.max_sessions_per_tenant
+        if limit is None:
+            return cls(None)
+        from deployments.session_store import open_session_store
+
+        return cls(limit, open_session_store(cluster), region=cluster.region,
+                   retry_after_s=cluster.retry_after_s)
+
+    async def reserve(self, tenant: str, resume: str | None = None) -> QuotaSlot:
+        """A slot for one new session of ``tenant`` (``resume``: the session it continues),
+        held with ``with slot:`` around its creation; else :class:`QuotaExceeded`."""
+        if self.limit is None:
+            return QuotaSlot()
+        active, replaces = await asyncio.to_thread(self._count, tenant, resume)
+        if over_quota(active, self._in_flight.get(tenant, 0), self.limit, replaces):
+            raise QuotaExceeded(
+                f"tenant {tenant!r} holds {active} sessions in region {self.region!r}, its "
+                f"quota of {self.limit} concurrent sessions; close one or retry in "
+                f"{math.ceil(self.retry_after_s)} s", self.retry_after_s)
+        self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
+        return QuotaSlot(self, tenant)
+
+    def _count(self, tenant: str, resume: str | None) -> tuple[int, bool]:
+        assert self.store is not None
+        active = self.store.count_active(tenant)
+        if resume is None or active == 0:
+            return active, False
+        try:
+            record = self.store.get_session(resume, tenant)
+        except InputError:  # a malformed id: the renderer refuses it with its own message
+            return active, False
+        return active, record is not None and record.state == "active"
+
+    def _release(self, tenant: str) -> None:
+        left = self._in_flight.get(tenant, 0) - 1
+        if left > 0:
+            self._in_flight[tenant] = left
+        else:
+            self._in_flight.pop(tenant, None)
+
+    def close(self) -> None:
+        """Release the session store's connections."""
+        if self.store is not None:
+            self.store.close()

@@ -19,10 +19,10 @@ import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from configs.schema import AppConfig
-from deployments.auth import Admission, ApiKeys, SessionTokens
+from deployments.auth import Admission, ApiKeys, QuotaExceeded, SessionTokens, TenantQuota
 from deployments.auth import signing_key as auth_signing_key
 from deployments.events import sse
 from deployments.metrics import MetricsSink
@@ -37,6 +37,9 @@ from models.errors import (
     SessionNotFound,
     SessionOwnerLost,
 )
+
+if TYPE_CHECKING:
+    from deployments.knowledge_api import KnowledgeClient
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
@@ -93,13 +96,15 @@ class Gateway:
     """Admission and forwarding; every method raises :class:`ApiError` for the client.
 
     ``signing_key``: the session-token key every gateway of the region shares (default: from
-    ``cluster.auth.signing_key_env``, else random for this process)."""
+    ``cluster.auth.signing_key_env``, else random for this process). ``knowledge``: what the
+    ``/v1/knowledge`` routes reach (:mod:`deployments.knowledge_api`; None: they answer 503)."""
 
     def __init__(self, config: AppConfig, renderers: RendererClient,
-                 metrics: MetricsSink | None = None, *, signing_key: bytes | None = None
-                 ) -> None:
+                 metrics: MetricsSink | None = None, *, signing_key: bytes | None = None,
+                 knowledge: KnowledgeClient | None = None) -> None:
         self.config = config
         self.renderers = renderers
+        self.knowledge = knowledge
         self.metrics = metrics or MetricsSink()
         self._holds: dict[str, asyncio.Task[None]] = {}
         self._tenants: OrderedDict[str, str] = OrderedDict()
@@ -108,6 +113,8 @@ class Gateway:
                                     config.cluster.region, auth.token_ttl_s)
         self.api_keys = ApiKeys.load(auth.api_keys_file)
         self.admission = Admission(config.cluster.admission)
+        self.quota = TenantQuota.from_config(config.cluster)  # opens the store when set
+        self._persona_tenants: dict[str, str] = {}  # a persona's YAML parse takes ~80 ms
 
     async def authorize(self, session_id: str, token: str | None) -> None:
         """401/403 unless ``token`` is this session's, of its tenant (when tokens are
@@ -182,20 +189,28 @@ class Gateway:
         """A new session and its token. ``resume`` continues an earlier session of the same
         tenant: ``token`` must then be that session's (it may have expired)."""
         auth = self.config.cluster.auth
-        tenant = self._tenant_of(persona)
+        name = persona or self.config.persona
+        tenant = self._persona_tenants.get(name)
+        if tenant is None:  # the personas served are fixed at start-up, as in the renderers
+            tenant = self._persona_tenants[name] = self._tenant_of(persona)
         try:
             if auth.require_api_key:
                 self.api_keys.check(api_key, "client", tenant)
             if resume is not None and auth.require_session_token:
                 self.tokens.verify_resume(token, resume)
             self.admission.admit(client_ip, tenant)
+            slot = await self.quota.reserve(tenant, resume)
         except (AuthError, RateLimited) as exc:
-            self.metrics.rejection("rate_limited" if isinstance(exc, RateLimited)
+            self.metrics.rejection("tenant_quota" if isinstance(exc, QuotaExceeded)
+                                   else "rate_limited" if isinstance(exc, RateLimited)
                                    else "unauthorized")
             raise self._translate(exc) from None
+        except AvatarError as exc:  # the session store did not answer the quota's count
+            raise self._translate(exc) from None
         try:
-            info = await self.renderers.create_session(persona=persona, video=video,
-                                                       resume=resume)
+            with slot:
+                info = await self.renderers.create_session(persona=persona, video=video,
+                                                           resume=resume)
         except Exception as exc:
             raise self._translate(exc) from None
         sid = str(info["session_id"])
@@ -248,8 +263,8 @@ class Gateway:
                 except StopAsyncIteration:
                     return
                 except Exception as exc:
-                    error = self._translate(exc)
-                    yield sse("error", {"message": error.message})
+                    error = self._translate(exc)  # 410: the renderer died; resume
+                    yield sse("error", {"message": error.message, "status": error.status})
                     return
                 finally:
                     if pending.done():

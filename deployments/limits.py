@@ -23,6 +23,7 @@ KIB = 1024
 JSON_LIMIT_BYTES = 64 * KIB
 AUDIO_LIMIT_BYTES = 192 * KIB
 OFFER_LIMIT_BYTES = 64 * KIB
+INGEST_LIMIT_BYTES = 1024 * KIB
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,6 +49,9 @@ ROUTE_LIMITS: tuple[RouteLimit, ...] = (
                "send at most 2 s of 48 kHz PCM16 per request"),
     RouteLimit(r"/v1/sessions/[^/]+/offer", OFFER_LIMIT_BYTES,
                "send the browser's offer SDP, not a whole recording"),
+    RouteLimit(r"/v1/knowledge/[^/]+/documents", INGEST_LIMIT_BYTES,
+               "send a knowledge base of at most 1 MiB of JSON, or ingest a folder with "
+               "`avatarctl kb ingest`"),
 )
 """Routes with their own limit; every other route is JSON and gets ``JSON_LIMIT_BYTES``."""
 

@@ -186,6 +186,11 @@ class SessionStore(ABC):
     def active_sessions(self, tenant: str | None = None) -> list[SessionRecord]:
         """Active sessions of one tenant, or of all tenants, oldest first."""
 
+    def count_active(self, tenant: str) -> int:
+        """How many active sessions ``tenant`` holds (stores override this with a count
+        that does not read the records)."""
+        return len(self.active_sessions(tenant))
+
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
@@ -317,6 +322,11 @@ class SQLiteSessionStore(SessionStore):
         if tenant is not None:
             sql, args = sql + " AND tenant=?", (check_id("tenant", tenant),)
         return [SessionRecord(*row) for row in self._run(sql + " ORDER BY created_ms", args)]
+
+    def count_active(self, tenant: str) -> int:
+        rows = self._run("SELECT COUNT(*) FROM sessions WHERE state='active' AND tenant=?",
+                         (check_id("tenant", tenant),))
+        return int(rows[0][0])
 
     def close(self) -> None:
         with self._lock:

@@ -156,5 +156,8 @@ class RedisSessionStore(SessionStore):
                     out.append(rec)
         return sorted(out, key=lambda r: r.created_ms)
 
+    def count_active(self, tenant: str) -> int:
+        return int(self._call(self._r.scard, _active_key(check_id("tenant", tenant))))
+
     def close(self) -> None:
         self._r.close()

@@ -20,7 +20,7 @@ from configs.schema import AppConfig
 from models.asr.base import TranscriptResult
 from models.errors import InputError
 from models.frames import Passage, TTSChunk
-from models.knowledge.base import Embedder
+from models.knowledge.base import Document, Embedder
 from models.llm.base import LLMRequest
 
 MAX_UTTERANCE_S = 30.0
@@ -120,6 +120,11 @@ class KnowledgeWorker:
 
     async def count(self, tenant: str, kb: str) -> int:
         return await asyncio.to_thread(self.store.count, tenant, kb)
+
+    async def ingest(self, tenant: str, kb: str, documents: Sequence[Document]) -> int:
+        """Replace the tenant's ``kb`` with ``documents`` (the Gateway's knowledge API; the
+        Gateway takes the tenant from the caller's API key)."""
+        return await asyncio.to_thread(self.store.ingest, tenant, kb, list(documents))
 
     def close(self) -> None:
         self.store.close()
