@@ -12,6 +12,7 @@ calls to Prometheus through Ray's metrics agent. Names (Prometheus adds Ray's ``
 * ``avatar_admission_rejections_total{reason}``: full, draining, bad_request
 * ``avatar_sessions_created_total``, ``avatar_turns_total{outcome}``: answered, refused,
   interrupted, error
+* ``sessions_lost`` (in memory): sessions of dead renderers this replica closed as lost
 """
 
 from __future__ import annotations
@@ -56,3 +57,7 @@ class MetricsSink:
 
     def turn(self, outcome: str) -> None:
         self.counters[f"turns_{outcome}"] += 1
+
+    def sessions_lost(self, count: int) -> None:
+        """Sessions of dead renderers closed as lost by this replica."""
+        self.counters["sessions_lost"] += count

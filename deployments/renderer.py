@@ -8,7 +8,9 @@ whatever implementations it is given: Serve handles in the cluster
 
 Capacity is enforced here, not by the router: a full or draining replica refuses new sessions
 with :class:`~models.errors.ClusterFull`. Conversation history and turn timings go to the
-SessionStore after every turn, so a session can be resumed on another replica.
+SessionStore after every turn, so a session can be resumed on another replica. Each replica
+beats in the SessionStore and closes, as ``'lost'``, the sessions of replicas that stopped
+beating and whose clients never resumed them.
 """
 
 from __future__ import annotations
@@ -44,11 +46,21 @@ from models.tts.base import TTS
 
 log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 5.0
+RENDERER_HEARTBEAT_S = 2.0
+"""How often a renderer records in the session store that it is alive."""
+REAP_INTERVAL_S = 10.0
+"""How often a renderer looks for the sessions of dead renderers."""
+ORPHAN_AFTER_S = 15.0
+"""A renderer silent this long is dead: its active sessions become ``'lost'``."""
 
 
 class Renderer:
     """Hosts sessions. Every public method is a coroutine (or async generator) so a Serve
     replica can run many sessions' calls concurrently on its event loop."""
+
+    heartbeat_s: float = RENDERER_HEARTBEAT_S
+    reap_interval_s: float = REAP_INTERVAL_S
+    orphan_after_s: float = ORPHAN_AFTER_S
 
     def __init__(
         self,
@@ -85,6 +97,7 @@ class Renderer:
             if webrtc.encoder_processes > 0 and face is not None else None
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeat: asyncio.Task[None] | None = None
 
     def _kit(self, name: str, embedder: Embedder | None) -> PersonaKit:
         persona = load_persona(name)
@@ -116,6 +129,7 @@ class Renderer:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._loop.run(), name="render-loop"),
                            asyncio.create_task(self._sweep(), name="idle-sweeper")]
+            self.start_heartbeat()
             if self.encoders is not None:  # ready before the first offer arrives
                 self._tasks.append(asyncio.create_task(self._start_encoders()))
 
@@ -322,6 +336,47 @@ class Renderer:
                     log.info("session %s idle for %.0f s: closed", sid, session.idle_s())
                     await self.close_session(sid)
 
+    def start_heartbeat(self) -> None:
+        """Beat and reap from now on, sessions or not (the replica calls this at start: an
+        idle replica must still close the sessions a dead one left)."""
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._keep_alive(), name="heartbeat")
+
+    async def _keep_alive(self) -> None:
+        """Beat every ``heartbeat_s``; every ``reap_interval_s`` close as lost the sessions of
+        renderers silent for ``orphan_after_s`` (any renderer's: the store is shared). A store
+        error is logged and the loop goes on."""
+        next_reap = time.monotonic()
+        beating = True
+        while True:
+            try:
+                await asyncio.to_thread(self.session_store.heartbeat, self.replica_id)
+                if not beating:
+                    log.info("renderer %s: heartbeats stored again", self.replica_id)
+                beating = True
+            except Exception as exc:
+                if beating:
+                    log.warning("renderer %s: heartbeat not stored: %s", self.replica_id, exc)
+                beating = False
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + self.reap_interval_s
+                await self._reap_orphans()
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _reap_orphans(self) -> None:
+        try:
+            lost = await asyncio.to_thread(self.session_store.reap_orphans,
+                                           self.orphan_after_s * 1000.0)
+        except Exception as exc:
+            log.warning("renderer %s: looking for orphaned sessions failed: %s",
+                        self.replica_id, exc)
+            return
+        if lost:
+            self.metrics.sessions_lost(len(lost))
+            log.warning("closed %d session(s) whose renderer stopped beating over %.0f s "
+                        "ago: %s", len(lost), self.orphan_after_s,
+                        ", ".join(f"{tenant}/{sid}" for tenant, sid in lost[:10]))
+
     def _report(self) -> None:
         self.metrics.sessions(len(self.sessions), self.capacity)
 
@@ -350,7 +405,7 @@ class Renderer:
                 "recorded_at": time.time()}
 
     async def aclose(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *([self._heartbeat] if self._heartbeat else [])]:
             task.cancel()
         for sid in list(self.sessions):
             await self.close_session(sid)

@@ -8,6 +8,12 @@ Every call is scoped by tenant: a session id of another tenant is simply not the
 default store is SQLite (one file, WAL, ``synchronous=FULL``); clusters point
 ``ClusterConfig.session_store_url`` at a Redis server (:mod:`deployments.session_store_redis`).
 Methods are synchronous and thread-safe; async callers use ``asyncio.to_thread``.
+
+Every live renderer beats in the store (:meth:`SessionStore.heartbeat`); a session whose
+renderer stopped beating (its process killed, its node lost) and whose client never resumed it
+is closed as ``'lost'`` by :meth:`SessionStore.reap_orphans`, which any renderer runs, so it no
+longer counts against its tenant's quota or the region's load. Beats and reaps compare the
+wall clocks of different nodes: keep them in step (NTP) to well within the stale time.
 """
 
 from __future__ import annotations
@@ -35,7 +41,10 @@ MAX_TEXT_CHARS = 20_000
 MAX_MARKS = 64
 _ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 
-SessionState = Literal["active", "closed"]
+SessionState = Literal["active", "closed", "lost"]
+"""``active``: counted by quotas and load reports; ``closed``: ended by its client or its
+renderer; ``lost``: its renderer died and no client resumed it (see
+:meth:`SessionStore.reap_orphans`). Closed and lost sessions resume alike."""
 
 
 def wall_ms() -> float:
@@ -107,6 +116,24 @@ def check_renderer(value: object) -> str | None:
         raise InputError(f"renderer must be a printable name of 1-256 characters or None; "
                          f"got {value!r:.80}")
     return value
+
+
+def check_ms(name: str, value: object, *, positive: bool = False) -> float:
+    """``value`` as a float if it is a finite number of milliseconds (> 0 when ``positive``),
+    else InputError."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or (positive and value <= 0):
+        raise InputError(f"{name} must be a finite number of milliseconds"
+                         f"{' above 0' if positive else ''}; got {value!r:.40}")
+    return float(value)
+
+
+def check_heartbeat(renderer: object) -> str:
+    """The name a renderer beats under: as :func:`check_renderer`, but never None."""
+    name = check_renderer(renderer)
+    if name is None:
+        raise InputError("heartbeat needs the renderer's name; got None")
+    return name
 
 
 def check_turn(turn: TurnRecord) -> TurnRecord:
@@ -192,6 +219,22 @@ class SessionStore(ABC):
         return len(self.active_sessions(tenant))
 
     @abstractmethod
+    def heartbeat(self, renderer: str, now_ms: float | None = None) -> None:
+        """Record that ``renderer`` is alive at ``now_ms`` (default: the store's clock)."""
+
+    @abstractmethod
+    def reap_orphans(self, stale_after_ms: float,
+                     now_ms: float | None = None) -> list[tuple[str, str]]:
+        """Mark ``'lost'`` every active session whose renderer has not beaten for more than
+        ``stale_after_ms``, and return their ``(tenant, session_id)``, sorted.
+
+        A renderer that never beat counts as stale only for records older than
+        ``stale_after_ms`` (a new renderer is not reaped before its first beat); sessions
+        with no renderer are left alone. Each record changes atomically: one that is
+        resumed, closed or re-homed meanwhile is not touched. Lost sessions keep their
+        history and resume like closed ones. Beats older than the stale time are dropped."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""
 
@@ -219,6 +262,15 @@ CREATE TABLE IF NOT EXISTS turns (
     interrupted INTEGER NOT NULL, marks_ms TEXT NOT NULL, created_ms REAL NOT NULL,
     PRIMARY KEY (tenant, session_id, turn_id));
 CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state, created_ms);
+CREATE TABLE IF NOT EXISTS renderers (renderer TEXT PRIMARY KEY, beat_ms REAL NOT NULL);
+"""
+# Added tables keep SCHEMA_VERSION: older code opens the file and ignores them.
+_REAP = """
+UPDATE sessions SET state='lost'
+WHERE state='active' AND renderer IS NOT NULL
+  AND renderer NOT IN (SELECT renderer FROM renderers WHERE beat_ms >= :cutoff)
+  AND (created_ms < :cutoff OR renderer IN (SELECT renderer FROM renderers))
+RETURNING tenant, session_id
 """
 _SESSION_COLS = "session_id, tenant, persona, created_ms, state, renderer"
 
@@ -327,6 +379,31 @@ class SQLiteSessionStore(SessionStore):
         rows = self._run("SELECT COUNT(*) FROM sessions WHERE state='active' AND tenant=?",
                          (check_id("tenant", tenant),))
         return int(rows[0][0])
+
+    def heartbeat(self, renderer: str, now_ms: float | None = None) -> None:
+        beat = self._clock() if now_ms is None else check_ms("now_ms", now_ms)
+        self._run("INSERT INTO renderers (renderer, beat_ms) VALUES (?, ?) ON CONFLICT "
+                  "(renderer) DO UPDATE SET beat_ms=excluded.beat_ms",
+                  (check_heartbeat(renderer), beat))
+
+    def reap_orphans(self, stale_after_ms: float,
+                     now_ms: float | None = None) -> list[tuple[str, str]]:
+        stale = check_ms("stale_after_ms", stale_after_ms, positive=True)
+        now = self._clock() if now_ms is None else check_ms("now_ms", now_ms)
+        cutoff = {"cutoff": now - stale}
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = self._db.execute(_REAP, cutoff).fetchall()
+                    self._db.execute("DELETE FROM renderers WHERE beat_ms < :cutoff", cutoff)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise BackendError(f"session store {self.path}: {exc}") from exc
+        return sorted((str(tenant), str(sid)) for tenant, sid in rows)
 
     def close(self) -> None:
         with self._lock:

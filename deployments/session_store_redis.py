@@ -2,8 +2,11 @@
 
 Keys carry the tenant: ``avatar:{tenant}:session:{id}`` (a hash), ``avatar:{tenant}:turns:{id}``
 (a sorted set of turn JSON scored by turn id), ``avatar:{tenant}:active`` (a set of active
-session ids) and ``avatar:tenants`` (tenant names, to list every tenant's sessions). Creation
-and appends are Lua scripts, so they are atomic and an append is idempotent per turn id.
+session ids), ``avatar:tenants`` (tenant names, to list every tenant's sessions) and
+``avatar:renderers`` (a sorted set of renderer names scored by their last heartbeat, epoch ms).
+Creation, appends and reaping are Lua scripts, so they are atomic and an append is idempotent
+per turn id. A reap reads the active sessions first, then re-checks and closes each orphan in
+one script, so a session resumed or re-homed in between is left alone.
 
 Durability comes from the server: run it with ``appendonly yes`` and ``appendfsync always``;
 then a reply (and so a returned :meth:`RedisSessionStore.append_turn`) means the write is in
@@ -21,7 +24,9 @@ from deployments.session_store import (
     SessionRecord,
     SessionStore,
     TurnRecord,
+    check_heartbeat,
     check_id,
+    check_ms,
     check_renderer,
     check_turn,
     wall_ms,
@@ -48,7 +53,20 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[1] == 'state' then redis.call('SREM', KEYS[2], ARGV[3]) end
 return 1
 """
+_REAP = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'renderer', 'created_ms')
+if h[1] ~= 'active' or not h[2] or h[2] == '' then return 0 end
+local cutoff = tonumber(ARGV[2])
+local beat = redis.call('ZSCORE', KEYS[3], h[2])
+if beat then
+  if tonumber(beat) >= cutoff then return 0 end
+elseif tonumber(h[3]) >= cutoff then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'lost')
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
 _PREFIX = "avatar"
+_RENDERERS = f"{_PREFIX}:renderers"
 
 
 def _session_key(tenant: str, session_id: str) -> str:
@@ -85,6 +103,7 @@ class RedisSessionStore(SessionStore):
         self._create = self._r.register_script(_CREATE)
         self._append = self._r.register_script(_APPEND)
         self._set = self._r.register_script(_UPDATE)
+        self._reap = self._r.register_script(_REAP)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -158,6 +177,43 @@ class RedisSessionStore(SessionStore):
 
     def count_active(self, tenant: str) -> int:
         return int(self._call(self._r.scard, _active_key(check_id("tenant", tenant))))
+
+    def heartbeat(self, renderer: str, now_ms: float | None = None) -> None:
+        beat = self._clock() if now_ms is None else check_ms("now_ms", now_ms)
+        self._call(self._r.zadd, _RENDERERS, {check_heartbeat(renderer): beat})
+
+    def reap_orphans(self, stale_after_ms: float,
+                     now_ms: float | None = None) -> list[tuple[str, str]]:
+        stale = check_ms("stale_after_ms", stale_after_ms, positive=True)
+        now = self._clock() if now_ms is None else check_ms("now_ms", now_ms)
+        cutoff = now - stale
+        reaped = [(tenant, sid) for tenant, sid in self._orphan_candidates(cutoff)
+                  if self._call(self._reap, keys=[_session_key(tenant, sid), _active_key(tenant),
+                                                  _RENDERERS], args=[sid, repr(cutoff)])]
+        self._call(self._r.zremrangebyscore, _RENDERERS, "-inf", f"({cutoff!r}")
+        return sorted(reaped)
+
+    def _orphan_candidates(self, cutoff: float) -> list[tuple[str, str]]:
+        """Active sessions that look orphaned now (two pipelined round trips); the reap
+        script decides each one atomically."""
+        beats = dict(self._call(self._r.zrange, _RENDERERS, 0, -1, withscores=True))
+        tenants = sorted(self._call(self._r.smembers, f"{_PREFIX}:tenants"))
+        pipe = self._r.pipeline(transaction=False)
+        for name in tenants:
+            pipe.smembers(_active_key(name))
+        active = [(name, sid) for name, ids in zip(tenants, self._call(pipe.execute),
+                                                   strict=True) for sid in sorted(ids)]
+        pipe = self._r.pipeline(transaction=False)
+        for name, sid in active:
+            pipe.hmget(_session_key(name, sid), "renderer", "created_ms")
+        out: list[tuple[str, str]] = []
+        for key, (renderer, created) in zip(active, self._call(pipe.execute), strict=True):
+            if not renderer or created is None:
+                continue
+            beat = beats.get(renderer)
+            if (beat if beat is not None else float(created)) < cutoff:
+                out.append(key)
+        return out
 
     def close(self) -> None:
         self._r.close()

@@ -206,3 +206,92 @@ def test_kill_9_of_the_server_loses_no_committed_turn(server, trial: int) -> Non
 def test_unreachable_server_is_a_clear_error() -> None:
     with pytest.raises(BackendUnavailable, match="redis-server"):
         RedisSessionStore(f"redis://127.0.0.1:{_free_port()}/0", socket_timeout_s=0.5)
+
+
+# --- heartbeats and orphaned sessions -------------------------------------------------------
+
+STALE_MS = 15_000.0
+
+
+def clocked(server: RedisServer, start_ms: float) -> tuple[RedisSessionStore, list[float]]:
+    now = [start_ms]
+    return RedisSessionStore(server.url, clock=lambda: now[0]), now
+
+
+def test_sessions_of_a_renderer_that_stopped_beating_are_lost_and_free_their_slots(server):
+    store, _ = clocked(server, 1_000.0)
+    store.heartbeat("renderer#dead:1")
+    store.heartbeat("renderer#live:2")
+    for sid in ("a", "b"):
+        store.create_session(sid, "acme", "p", renderer="renderer#dead:1")
+    store.create_session("c", "acme", "p", renderer="renderer#live:2")
+    store.create_session("d", "beta", "p", renderer="renderer#dead:1")
+    store.create_session("e", "beta", "p")  # no renderer: nothing to judge it by
+    store.close_session("b", "acme")
+    assert store.count_active("acme") == 2
+
+    store.heartbeat("renderer#live:2", now_ms=16_000.0)
+    other = RedisSessionStore(server.url)  # any renderer may reap: the store is shared
+    assert other.reap_orphans(STALE_MS, now_ms=15_999.0) == []
+    assert other.reap_orphans(STALE_MS, now_ms=16_001.0) == [("acme", "a"), ("beta", "d")]
+    assert store.get_session("a", "acme").state == "lost"
+    assert store.get_session("b", "acme").state == "closed"
+    assert store.get_session("c", "acme").state == "active"
+    assert store.count_active("acme") == 1 and store.count_active("beta") == 1
+    assert {r.session_id for r in store.active_sessions()} == {"c", "e"}
+    assert other.reap_orphans(STALE_MS, now_ms=16_002.0) == []
+    raw = redis.Redis.from_url(server.url, decode_responses=True)
+    assert raw.zrange("avatar:renderers", 0, -1) == ["renderer#live:2"]  # stale beat dropped
+    raw.close()
+    other.close()
+    store.close()
+
+
+def test_a_live_renderer_keeps_its_sessions_and_a_new_one_waits_for_its_beat(server):
+    store, now = clocked(server, 100_000.0)
+    store.create_session("old", "acme", "p", renderer="r1")
+    for _ in range(5):  # r1 beats every 10 s: its session stays however old it gets
+        now[0] += 10_000.0
+        store.heartbeat("r1")
+        assert store.reap_orphans(STALE_MS, now_ms=now[0] + 1_000.0) == []
+    store.create_session("new", "acme", "p", renderer="r-new")  # has not beaten yet
+    now[0] += STALE_MS - 1
+    store.heartbeat("r1")
+    assert store.reap_orphans(STALE_MS) == []
+    now[0] += 2  # still silent once its record is older than the stale time: dead
+    assert store.reap_orphans(STALE_MS) == [("acme", "new")]
+    assert store.get_session("old", "acme").state == "active"
+    store.close()
+
+
+def test_a_lost_session_keeps_its_history_and_resumes_like_a_closed_one(server):
+    store, now = clocked(server, 1_000.0)
+    store.create_session("s", "acme", "p", renderer="r-dead")
+    store.append_turn(turn("s", 0), "acme")
+    now[0] += STALE_MS + 1
+    assert store.reap_orphans(STALE_MS) == [("acme", "s")]
+    assert store.get_session("s", "acme").state == "lost"
+    assert [m.content for m in store.history("s", "acme")] == ["question 0", "answer 0"]
+    store.close_session("s", "acme")  # what a resume does after reading the history
+    assert store.get_session("s", "acme").state == "closed"
+    assert store.count_active("acme") == 0
+    store.close()
+
+
+def test_a_session_rehomed_after_the_scan_is_not_reaped(server):
+    store, now = clocked(server, 1_000.0)
+    store.create_session("s", "acme", "p", renderer="r-dead")
+    now[0] += STALE_MS + 1
+    store.heartbeat("r-live")
+    scan = store._orphan_candidates
+    found: list[tuple[str, str]] = []
+
+    def scan_then_rehome(cutoff: float) -> list[tuple[str, str]]:
+        found.extend(scan(cutoff))
+        store.set_renderer("s", "acme", "r-live")  # another renderer takes it over meanwhile
+        return found
+
+    store._orphan_candidates = scan_then_rehome  # type: ignore[method-assign]
+    assert store.reap_orphans(STALE_MS) == [] and found == [("acme", "s")]
+    assert store.get_session("s", "acme").state == "active"
+    store.close()

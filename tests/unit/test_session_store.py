@@ -188,3 +188,96 @@ def test_kill_9_loses_no_committed_turn(tmp_path: Path, trial: int) -> None:
     assert ids == list(range(len(ids)))  # no torn or partial turn
     assert all(t.reply_text == f"answer {t.turn_id}" for t in got)
     reopened.close()
+
+
+# --- heartbeats and orphaned sessions -------------------------------------------------------
+
+STALE_MS = 15_000.0
+
+
+def test_sessions_of_a_renderer_that_stopped_beating_are_lost_and_free_their_slots(store):
+    store.heartbeat("renderer#dead", now_ms=1_000.0)
+    store.heartbeat("renderer#live", now_ms=1_000.0)
+    for sid in ("a", "b"):
+        store.create_session(sid, "acme", "p", renderer="renderer#dead")
+    store.create_session("c", "acme", "p", renderer="renderer#live")
+    store.create_session("d", "beta", "p", renderer="renderer#dead")
+    store.create_session("e", "beta", "p")  # no renderer: nothing to judge it by
+    store.close_session("b", "acme")
+    assert store.count_active("acme") == 2
+
+    store.heartbeat("renderer#live", now_ms=16_000.0)
+    assert store.reap_orphans(STALE_MS, now_ms=15_999.0) == []  # not yet stale
+    assert store.reap_orphans(STALE_MS, now_ms=16_001.0) == [("acme", "a"), ("beta", "d")]
+    assert store.get_session("a", "acme").state == "lost"
+    assert store.get_session("b", "acme").state == "closed"  # a closed one stays closed
+    assert store.get_session("c", "acme").state == "active"
+    assert store.count_active("acme") == 1 and store.count_active("beta") == 1
+    assert {r.session_id for r in store.active_sessions()} == {"c", "e"}
+    assert store.reap_orphans(STALE_MS, now_ms=16_002.0) == []  # nothing twice
+
+
+def test_a_live_renderer_keeps_its_sessions_however_old(store):
+    store.create_session("s", "acme", "p", renderer="r1")  # created at 1234.5
+    for now in (1_000.0, 10_000.0, 20_000.0, 1_000_000.0):
+        store.heartbeat("r1", now_ms=now)
+        assert store.reap_orphans(STALE_MS, now_ms=now + 2_000.0) == []
+    assert store.get_session("s", "acme").state == "active"
+
+
+def test_a_new_renderer_is_not_reaped_before_its_first_beat(tmp_path: Path):
+    now = [100_000.0]
+    store = SQLiteSessionStore(tmp_path / "s.sqlite3", clock=lambda: now[0])
+    store.create_session("new", "acme", "p", renderer="r-new")  # never beat yet
+    now[0] += STALE_MS - 1.0
+    assert store.reap_orphans(STALE_MS) == []
+    assert store.get_session("new", "acme").state == "active"
+    now[0] += 2.0  # still silent once the record is older than the stale time: dead
+    assert store.reap_orphans(STALE_MS) == [("acme", "new")]
+    store.close()
+
+
+def test_a_lost_session_keeps_its_history_and_resumes_like_a_closed_one(store):
+    store.create_session("s", "acme", "p", renderer="r-dead")
+    store.append_turn(turn("s", 0), "acme")
+    assert store.reap_orphans(STALE_MS, now_ms=1234.5 + STALE_MS + 1) == [("acme", "s")]
+    # what a resume reads and writes (Renderer._open): the record, its history, then close
+    assert store.get_session("s", "acme").state == "lost"
+    assert store.history("s", "acme") == [ChatMessage("user", "question 0"),
+                                          ChatMessage("assistant", "answer 0")]
+    store.close_session("s", "acme")
+    assert store.get_session("s", "acme").state == "closed"
+    assert store.count_active("acme") == 0
+
+
+def test_stale_beats_are_dropped_and_an_older_file_gains_the_table(tmp_path: Path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)  # a file written before renderers beat
+    old.executescript(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+        "INSERT INTO schema_version VALUES (1);"
+        "CREATE TABLE sessions (tenant TEXT NOT NULL, session_id TEXT NOT NULL, "
+        "persona TEXT NOT NULL, created_ms REAL NOT NULL, state TEXT NOT NULL, renderer TEXT, "
+        "PRIMARY KEY (tenant, session_id));"
+        "INSERT INTO sessions VALUES ('acme', 'old', 'p', 5.0, 'active', 'r-gone');")
+    old.close()
+    store = SQLiteSessionStore(path)
+    assert store.count_active("acme") == 1
+    store.heartbeat("r-gone", now_ms=10.0)
+    store.heartbeat("r-live", now_ms=STALE_MS + 50.0)
+    assert store.reap_orphans(STALE_MS, now_ms=STALE_MS + 100.0) == [("acme", "old")]
+    store.close()
+    db = sqlite3.connect(path)  # a dead renderer's beat does not stay forever
+    assert db.execute("SELECT renderer FROM renderers").fetchall() == [("r-live",)]
+    db.close()
+
+
+def test_bad_heartbeat_and_reap_arguments_say_what_to_pass(store):
+    with pytest.raises(InputError, match="renderer"):
+        store.heartbeat(None)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="stale_after_ms"):
+        store.reap_orphans(0)
+    with pytest.raises(InputError, match="now_ms"):
+        store.reap_orphans(STALE_MS, now_ms=float("nan"))
