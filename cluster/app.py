@@ -24,6 +24,7 @@ with ``args: {profile: local}``; :func:`build_application` takes a loaded config
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,23 @@ from configs.schema import AppConfig, DeploymentConfig
 from deployments.api import create_api
 from deployments.auth import signing_key
 from deployments.gateway import Gateway
-from deployments.remote import RemoteKnowledge, RemoteLLM, RemoteTranscriber, RemoteTTS
+from deployments.remote import (
+    RemoteKnowledge,
+    RemoteLLM,
+    RemoteTranscriber,
+    RemoteTTS,
+    is_transport,
+    retry_pause_s,
+)
 from deployments.renderer import Renderer, resolve_device
 from deployments.workers import ASRWorker, KnowledgeWorker, LLMWorker, TTSWorker
-from models.errors import ConfigError
+from models.errors import ConfigError, SessionOwnerLost
 
 DEPLOYMENT_NAMES = ("Gateway", "Renderer", "ASR", "LLM", "TTS", "Knowledge")
 APP_NAME = "avatar"
 ROUTING_STATS_PERIOD_S = 1.0
+CREATE_ATTEMPTS = 3
+"""A new session whose chosen renderer turns out dead is tried on another this often."""
 SAME_LOOP_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
@@ -208,21 +218,38 @@ class RendererReplica(Renderer):
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
     async def check_health(self) -> None:
-        """Serve's periodic health check: the event loop answers."""
+        """Serve's periodic health check: the event loop answers. The first one also starts
+        the replica's heartbeat in the session store (constructors run off the loop)."""
+        self.start_heartbeat()
 
 
 class RendererHandleClient:
-    """:class:`deployments.gateway.RendererClient` over the pinned Renderer handle."""
+    """:class:`deployments.gateway.RendererClient` over the pinned Renderer handle.
+
+    A renderer that died (its process killed, its node lost) shows up as Ray's transport
+    errors: on a session's own calls they become :class:`SessionOwnerLost` (HTTP 410, the
+    client resumes elsewhere); a new session whose chosen renderer died is tried again, and
+    Serve's router no longer picks the dead one."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
     async def create_session(self, **kwargs: Any) -> dict[str, Any]:
-        return await self.handle.create_session.remote(**kwargs)
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                return await self.handle.create_session.remote(**kwargs)
+            except Exception as exc:
+                if attempt == CREATE_ATTEMPTS - 1 or not is_transport(exc):
+                    raise
+                await asyncio.sleep(retry_pause_s())
+        raise AssertionError("unreachable")
 
     async def call(self, session_id: str, method: str, *args: Any) -> Any:
         pinned = self.handle.options(session_id=session_id)
-        return await getattr(pinned, method).remote(session_id, *args)
+        try:
+            return await getattr(pinned, method).remote(session_id, *args)
+        except Exception as exc:
+            raise _owner_lost(session_id, exc) from exc
 
     async def stream(self, session_id: str, method: str, *args: Any) -> Any:
         pinned = self.handle.options(session_id=session_id, stream=True)
@@ -230,6 +257,8 @@ class RendererHandleClient:
         try:
             async for item in gen:
                 yield item
+        except Exception as exc:
+            raise _owner_lost(session_id, exc) from exc
         finally:
             gen.cancel()
 
@@ -237,16 +266,28 @@ class RendererHandleClient:
         return await self.handle.stats.remote()
 
 
+def _owner_lost(session_id: str, exc: Exception) -> Exception:
+    """``exc``, or :class:`SessionOwnerLost` when it says the session's renderer died."""
+    if is_transport(exc):
+        return SessionOwnerLost(f"the renderer of session {session_id} stopped "
+                                f"({type(exc).__name__})")
+    return exc
+
+
 class GatewayReplica:
     """The Gateway deployment: the FastAPI app over a pinned renderer handle."""
 
-    def __init__(self, config: AppConfig, renderer: Any, signing_key: bytes | None = None
-                 ) -> None:
+    def __init__(self, config: AppConfig, renderer: Any, signing_key: bytes | None = None,
+                 knowledge: Any = None) -> None:
         from cluster.metrics import RayMetrics
+        from deployments.knowledge_api import KnowledgeHandleClient
 
         self.config = config
+        # The knowledge API reaches the Knowledge deployment (none when it is colocated).
         self.gateway = Gateway(config, RendererHandleClient(renderer), RayMetrics(),
-                               signing_key=signing_key)
+                               signing_key=signing_key,
+                               knowledge=None if knowledge is None
+                               else KnowledgeHandleClient(knowledge))
 
     def __serve_build_asgi_app__(self) -> Any:
         port = self.config.cluster.metrics_port
@@ -288,4 +329,4 @@ def build_application(config: AppConfig) -> Any:
     gateway_cls = serve.ingress()(GatewayReplica)
     # One token key for every Gateway replica: from the environment, else made here.
     key = signing_key(config.cluster.auth)
-    return make(gateway_cls, "Gateway", d.gateway).bind(config, renderer, key)
+    return make(gateway_cls, "Gateway", d.gateway).bind(config, renderer, key, knowledge)

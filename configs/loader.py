@@ -169,6 +169,15 @@ def load_config(
         raise ConfigError(format_validation_error(exc, AppConfig, sources)) from None
 
 
+def with_overrides(config: AppConfig, overrides: Mapping[str, Any]) -> AppConfig:
+    """``config`` with ``overrides`` (nested dicts, as in a profile) merged in, validated."""
+    data = _merge(config.model_dump(), overrides)
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, AppConfig, "overrides")) from None
+
+
 def persona_dir(name: str) -> Path:
     return PERSONA_DIR / name
 

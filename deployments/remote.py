@@ -69,7 +69,7 @@ def transport_errors() -> tuple[type[BaseException], ...]:
             rx.ObjectLostError, ReplicaUnavailableError)
 
 
-def _is_transport(exc: BaseException) -> bool:
+def is_transport(exc: BaseException) -> bool:
     """The replica died or was unreachable, as opposed to an error the model raised (which
     arrives with its ``cause``), a timeout or a cancellation: only this is retried."""
     return getattr(exc, "cause", None) is None and isinstance(exc, transport_errors())
@@ -112,7 +112,7 @@ async def stream_remote(handle: Any, method: str, what: str, *args: Any,
                 started = True
                 yield item
         except Exception as exc:
-            if started or attempt == 2 or not _is_transport(exc):
+            if started or attempt == 2 or not is_transport(exc):
                 raise unwrap_error(exc, what) from None
             _retrying(what, exc)
         finally:
@@ -154,7 +154,7 @@ class RemoteTranscriber(Transcriber):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if attempt == 2 or not _is_transport(exc):
+                if attempt == 2 or not is_transport(exc):
                     raise unwrap_error(exc, "ASR") from None
                 _retrying("ASR", exc)
             await asyncio.sleep(retry_pause_s())
@@ -174,7 +174,7 @@ class RemoteTranscriber(Transcriber):
                         raise
                 return self._handle.transcribe.remote(audio).result(timeout_s=CALL_TIMEOUT_S)
             except Exception as exc:
-                if attempt == 2 or not _is_transport(exc):
+                if attempt == 2 or not is_transport(exc):
                     raise unwrap_error(exc, "ASR") from None
                 _retrying("ASR", exc)
             time.sleep(retry_pause_s())  # this worker thread only; the loop runs on

@@ -248,6 +248,79 @@ def serve_overhead(
         for k, ok in figures["met"].items()))
 
 
+@app.command("admission")
+def admission(
+    config: str = ConfigOption,
+    sessions: int = typer.Option(4, min=4, max=16, help="The renderer's capacity for the run "
+                                 "(one replica). The overload offers 1.5x this; tenant A's "
+                                 "quota is half of it plus one; tenant B gets the rest."),
+    turns: int = typer.Option(8, min=1, max=50, help="Measured rounds per arm; each round "
+                              "every measuring session asks one typed question."),
+    retry_ms: float = typer.Option(0.0, min=0, max=10_000, help="0: a refused would-be "
+                                   "session asks again after Retry-After (a well-behaved "
+                                   "client); N: every N ms (50 or more), ignoring it."),
+    think_ms: float = typer.Option(500.0, min=0, max=10_000, help="Pause between the turns "
+                                   "of tenant A's talking sessions."),
+    port: int = typer.Option(8032, min=1, max=65535, help="HTTP port of the benchmark's own "
+                             "local cluster (must be free)."),
+    json_out: bool = JsonOption,
+    out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
+) -> None:
+    """Admission under load: how fast excess sessions are refused, and whether one tenant's
+    flood slows the others.
+
+    Starts its own local cluster on --port (one renderer of --sessions capacity, tenants
+    maple-clinic and maple-annex, cluster.admission.max_sessions_per_tenant set) and stops
+    it at the end; about 2-3 minutes on 2 cores with the defaults.
+
+    1. Overload: the renderer is full and 1.5x its capacity ask for sessions (503 +
+       Retry-After). Refusal latency p50/p95/max (target p95 <= 100 ms), and the admitted
+       sessions' text-to-first-audio p95 with the excess over without it.
+
+    2. Fairness: tenant A asks for 10x its quota at once (the quota admits exactly that many,
+       the rest get 429 + Retry-After), keeps talking and asks again, while tenant B's
+       sessions measure text to first audio. B's p95 with A flooding vs A at its quota
+       (target increase <= 10 %), and vs A idle.
+
+    Rounds of the arms are interleaved, so machine drift hits all alike. Example:
+    avatarctl bench admission --sessions 4 --turns 4 --json --out out/bench/admission.json"""
+    from cluster.bench.admission import run_admission_bench
+
+    cfg = load(config)
+    with friendly_errors(), Progress(
+        TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("preparing", total=None)
+        figures = run_admission_bench(
+            cfg, sessions=sessions, turns=turns, retry_ms=retry_ms, think_ms=think_ms,
+            port=port, progress=lambda step: bar.update(task, description=step))
+    if emit_json(figures, out, json_out):
+        return
+    over, fair = figures["overload"], figures["fairness"]
+    table = Table(title=f"admission ({over['capacity_sessions']} sessions capacity, tenant "
+                  f"quota {fair['quota']})")
+    for column in ("figure", "p50", "p95", "max / n"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+
+    def row(name: str, s: dict) -> None:
+        table.add_row(name, f"{s['p50']}", f"{s['p95']}", f"{s.get('max', s['n'])}")
+
+    row(f"refusal ms at 1.5x capacity {over['refusal_status']}", over["refusal_ms"])
+    for arm, s in over["admitted_text_to_first_audio_ms"].items():
+        row(f"  admitted text to first audio ms, {arm}", s)
+    row(f"quota refusal ms {fair['refusal_status']}", fair["refusal_ms"])
+    for arm, s in fair["b_text_to_first_audio_ms"].items():
+        row(f"  tenant B text to first audio ms, {arm}", s)
+    console.print(table)
+    console.print(f"admitted p95 ratio (excess / quiet) {over['admitted_p95_ratio']}; "
+                  f"tenant A admitted {fair['burst_admitted']} of {fair['a_attempted']}; "
+                  f"B p95 +{fair['b_p95_increase_pct']} % (vs A idle "
+                  f"+{fair['b_p95_increase_vs_idle_pct']} %)")
+    console.print("targets: " + ", ".join(
+        f"[{'green' if ok else 'red'}]{k}[/]" for k, ok in figures["met"].items()))
+
+
 @app.command("e2e")
 def e2e(
     target: str | None = typer.Option(None, help="URL of a running cluster (make run); "
@@ -294,3 +367,57 @@ def e2e(
     console.print("targets: " + ", ".join(
         f"[{'green' if ok else 'red'}]{k} {figures['targets'][k]}[/]"
         for k, ok in figures["met"].items()))
+
+
+@app.command("failover")
+def failover(
+    config: str = ConfigOption,
+    trials: int = typer.Option(20, min=1, help="Conversations, one kill each."),
+    kill: str = typer.Option("renderer", help="What to SIGKILL mid-reply, comma separated "
+                             "and taken in turn: renderer (the session's own; the client "
+                             "resumes on another), llm, tts (a shared replica: the turn ends "
+                             "with the answer or an apology)."),
+    nodes: int = typer.Option(3, min=1, max=8, help="Ray nodes started on this machine, one "
+                              "fake GPU and one renderer each."),
+    turns: int = typer.Option(2, min=0, help="Committed typed turns before the kill."),
+    video: bool = typer.Option(False, "--video/--no-video", help="Also connect WebRTC media "
+                               "(recovery then counts up to the new renderer's first frame)."),
+    port: int = typer.Option(8071, min=1, max=65535, help="HTTP port of the benchmark's own "
+                             "cluster (must be free)."),
+    json_out: bool = JsonOption,
+    out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
+) -> None:
+    """Kill replicas mid-conversation on a multi-node local cluster: how long until the
+    conversation goes on with its history (target p95 <= 5 s), committed turns lost (0),
+    sessions leaked (0). A few minutes for 20 trials on a small machine."""
+    from cluster.bench.failover import run_failover_bench
+
+    cfg = load(config)
+    kinds = tuple(k.strip() for k in kill.split(",") if k.strip())
+    with friendly_errors(), Progress(
+        TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting the cluster", total=None)
+        figures = run_failover_bench(
+            cfg, trials=trials, kinds=kinds, nodes=nodes, turns=turns, video=video, port=port,
+            progress=lambda step: (bar.update(task, description=step),
+                                   console.log(step) if step.startswith("trial") else None))
+    if emit_json(figures, out, json_out):
+        return
+    table = Table(title=f"failover: {trials} trials, kill {kill}, {nodes} nodes")
+    for column in ("trial", "kill", "detect ms", "recovered ms", "history", "lost",
+                   "answer ms", "result"):
+        table.add_column(column, justify="right")
+    for t in figures["trials"]:
+        table.add_row(str(t["index"] + 1), t["kill"], str(t["detect_ms"]), str(t["recovered_ms"]),
+                      f"{t['history_turns']}/{t['committed_turns']}", str(t["lost_turns"]),
+                      str(t["answer_ms"]),
+                      "[green]ok[/]" if t["ok"] else "[red]" + "; ".join(t["problems"]) + "[/]")
+    console.print(table)
+    s = figures["summary"]
+    console.print(f"recovered p50/p95/max {s['recovered_ms']['p50']}/{s['recovered_ms']['p95']}/"
+                  f"{s['recovered_ms']['max']} ms; lost turns {s['lost_committed_turns']}; "
+                  f"leaked sessions {s['leaked_sessions']}")
+    console.print("targets: " + ", ".join(
+        f"[{'green' if ok else 'red'}]{k}[/]" for k, ok in figures["targets"].items()))

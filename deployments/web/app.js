@@ -11,7 +11,9 @@ const GATHER_TIMEOUT_MS = 5000;    // offer what was gathered by then (aiortc ha
 const RECONNECT_AFTER_MS = 3000;   // a peer disconnected or failed this long is replaced
 const CONNECT_TIMEOUT_MS = 10000;  // a new peer not connected by then is replaced too
 const MAX_RECONNECTS = 5;          // in a row; then the page gives up and says so
-const PING_EVERY_MS = 5000;        // data-channel round trip, shown in the HUD
+const MAX_RESUMES = 3;             // new sessions after renderer losses, in a row without media
+const PING_EVERY_MS = 1000;        // data-channel round trip (HUD) and the renderer's liveness
+const PONG_TIMEOUT_MS = 3000;      // no pong this long: ask the Gateway whether the session lives
 const ENERGY_POLL_MS = 100;        // Send -> first audio: how often inbound audio is checked
 const ENERGY_STEP = 1e-4;          // growth of totalAudioEnergy that counts as sound
 const CAPTION_CHARS_PER_S = 15;    // clauses arrive ahead of their audio: pace them by length
@@ -35,9 +37,13 @@ const ui = {
   hudRtt: $('hud-rtt'),
 };
 
-// The live session: {id, base, label, iceServers, mode: 'webrtc'|'http', pc, channel, mic,
-// watch, retries, peers, connected, ping, events}. Callbacks holding an older session or peer end by themselves.
+// The live session: {id, base, token, auth, persona, label, iceServers, mode: 'webrtc'|'http',
+// pc, channel, mic, watch, retries, peers, connected, ping, lastPong, probedAt, probing, events,
+// frames, resuming}. Callbacks holding an older session or peer end by themselves. A resume
+// (the renderer died) updates the object in place: id, base, token and auth change.
 let session = null;
+let resumes = 0;         // sessions resumed after a renderer loss, on this page
+let resumesInRow = 0;    // ... since media last connected; MAX_RESUMES then the page gives up
 let attempt = 0;         // bumped by Stop so that a Start still in flight is abandoned
 let retryTimer = null;   // the 503 countdown
 let micWanted = false;   // the Mic toggle; applies at Start or re-offers a live peer
@@ -94,17 +100,26 @@ async function errorText(res) {
   return `HTTP ${res.status} ${res.statusText || ''}`.trim();
 }
 
-// 404/410 mean the session is gone: the page resets. Returns whether it was gone.
-function ended(status, msg) {
+// 404: the session is gone for good, the page resets. 410: its renderer died, the conversation
+// goes on in a new session (resume). Returns whether the status was one of those. `id` is the
+// session the failed call went to: a late answer about a session already replaced or stopped
+// is ignored, and so is any during a resume (one resume per loss).
+function ended(status, msg, id = session?.id) {
   if (status !== 404 && status !== 410) return false;
+  const s = session;
+  if (!s || s.resuming || id !== s.id) return true;
+  if (status === 410) {
+    resume(s);
+    return true;
+  }
   stop({ remote: false });
   showError(`Session ended: ${msg}`);
   return true;
 }
 
-async function failed(res, what) {
+async function failed(res, what, id) {
   const msg = await errorText(res);
-  if (!ended(res.status, msg)) showError(`${what}: ${msg}`);
+  if (!ended(res.status, msg, id)) showError(`${what}: ${msg}`);
 }
 
 // ------------------------------------------------------------------------------ network probe
@@ -190,6 +205,7 @@ async function start() {
   ui.start.disabled = true;
   ui.stop.disabled = false;
   const mine = ++attempt;
+  resumesInRow = 0;
   const persona = ui.persona.value.trim() || null;
   let res;
   try {
@@ -221,7 +237,7 @@ async function start() {
   const info = await res.json();
   const s = {
     id: info.session_id, base: `${API}/${encodeURIComponent(info.session_id)}`,
-    token: info.token, auth: bearer(info.token),
+    token: info.token, auth: bearer(info.token), persona,
     label: `Connected to ${info.persona || 'the avatar'}.`, iceServers: info.ice_servers || [],
     mode: 'webrtc', pc: null, channel: null, mic: null, watch: null, retries: 0, peers: 0,
     connected: false,
@@ -237,15 +253,16 @@ async function start() {
   try {
     await connectPeer(s);
   } catch (err) {
-    if (session === s && !ended(err.status, err.message)) startFallback(s, err.message);
+    if (session === s && !ended(err.status, err.message, err.id)) startFallback(s, err.message);
   }
 }
 
-// 503 (or no server): count down visibly, then try again; Stop cancels.
-function retryLater(secs, why) {
+// 503 (or no server): count down visibly, then try again (`again`: Start, or a resume); Stop
+// cancels.
+function retryLater(secs, why, again = start) {
   let left = secs;
   const tick = () => {
-    if (left <= 0) return start();
+    if (left <= 0) return again();
     setStatus(`${why}, retrying in ${left} s`);
     left -= 1;
     retryTimer = setTimeout(tick, 1000);
@@ -279,6 +296,109 @@ function stop({ remote = true } = {}) {
   if (remote) deleteSession(s.base, s.auth);
 }
 
+// ------------------------------------------------------------------------------ resume
+// The session's renderer died (410): a new session on a live renderer continues the
+// conversation (its committed history), authorized by the old session's token. Media then
+// reconnect the way they ran. One resume per loss; `retry` is the same loss after a 503.
+async function resume(s, retry = false) {
+  if (session !== s || (s.resuming && !retry)) return;
+  if (!retry && resumesInRow >= MAX_RESUMES) {
+    stop({ remote: false });
+    return showError('The avatar\'s server kept failing; press Start for a new session.');
+  }
+  if (!retry) resumesInRow += 1;
+  s.resuming = true;
+  clearInterval(s.ping);
+  closePeer(s);
+  s.events?.close();
+  s.events = null;
+  lostTurn();
+  setState('idle');
+  setStatus('The avatar\'s server stopped; resuming the conversation…');
+  const again = () => resume(s, true);
+  let res;
+  try {
+    res = await fetch(API, {
+      method: 'POST', headers: { ...JSON_HEADERS, ...s.auth },
+      body: JSON.stringify({ persona: s.persona ?? null, video: true, resume: s.id,
+        measurements: measurements() }),
+    });
+  } catch (err) {
+    if (session === s) {
+      retryLater(DEFAULT_RETRY_S, `Cannot reach the server (${err.message})`, again);
+    }
+    return;
+  }
+  if (session !== s) {  // Stop was pressed meanwhile: give back the new session
+    if (res.ok) {
+      res.json()
+        .then((i) => deleteSession(`${API}/${encodeURIComponent(i.session_id)}`, bearer(i.token)))
+        .catch(() => {});
+    }
+    return;
+  }
+  if (res.status === 503) {
+    const secs = parseInt(res.headers.get('Retry-After') || '', 10);
+    return retryLater(secs > 0 ? secs : DEFAULT_RETRY_S, 'All avatars are busy', again);
+  }
+  if (!res.ok) {
+    const msg = await errorText(res);
+    if (session !== s) return;
+    stop({ remote: false });
+    return showError(`Session ended: ${msg}`);
+  }
+  const info = await res.json();
+  if (session !== s) return;
+  Object.assign(s, {
+    id: info.session_id, base: `${API}/${encodeURIComponent(info.session_id)}`,
+    token: info.token, auth: bearer(info.token), iceServers: info.ice_servers || s.iceServers,
+    label: `Reconnected to ${info.persona || 'the avatar'}; the conversation goes on.`,
+    resuming: false, connected: false, retries: 0,
+  });
+  resumes += 1;
+  setStatus('Reconnected; the conversation goes on.');
+  addNote('Reconnected; the conversation goes on.');
+  if (s.mode === 'http') return openStream(s);
+  try {
+    await connectPeer(s);
+  } catch (err) {
+    if (session === s && !ended(err.status, err.message, err.id)) startFallback(s, err.message);
+  }
+}
+
+// What the dead renderer was saying is cut off; the new session numbers its turns afresh.
+function lostTurn() {
+  stopPlayback();
+  replyItem?.classList.add('interrupted');
+  Object.assign(player, { dropUpTo: 0, playhead: 0, lastTurn: 0 });
+  clauses.clear();
+  typedEcho = replyItem = lastReply = sendAt = null;
+}
+
+// A line in the chat from the page itself (not said by either side).
+function addNote(text) {
+  const li = Object.assign(document.createElement('li'), { className: 'system' });
+  li.append(Object.assign(document.createElement('span'),
+    { className: 'text', textContent: text }));
+  ui.chat.append(li);
+  li.scrollIntoView?.({ block: 'end' });
+}
+
+// No pong for PONG_TIMEOUT_MS: the session's info says whether its renderer lives (410: resume;
+// 200 or no answer: the peer watchdog handles what is wrong with the media).
+async function checkAlive(s) {
+  if (s.probing || s.resuming) return;
+  s.probing = true;
+  s.probedAt = performance.now();
+  const id = s.id;
+  try {
+    const res = await fetch(s.base, { cache: 'no-store', headers: s.auth });
+    if (!res.ok && session === s) ended(res.status, await errorText(res), id);
+  } catch { /* no answer: nothing to conclude */ } finally {
+    s.probing = false;
+  }
+}
+
 // ------------------------------------------------------------------------------ WebRTC
 // A new peer for session `s` (first connect, reconnect, microphone toggled): the server
 // replaces the session's old peer when it answers this one's offer.
@@ -302,11 +422,12 @@ async function connectPeer(s) {
   await pc.setLocalDescription(await pc.createOffer());
   await gathered(pc, GATHER_TIMEOUT_MS);
   if (!live()) return;
+  const id = s.id;
   const res = await fetch(`${s.base}/offer`, {
     method: 'POST', headers: { ...JSON_HEADERS, ...s.auth },
     body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
   });
-  if (!res.ok) throw Object.assign(new Error(await errorText(res)), { status: res.status });
+  if (!res.ok) throw Object.assign(new Error(await errorText(res)), { status: res.status, id });
   const answer = await res.json();
   if (!live()) return;
   await pc.setRemoteDescription(answer);
@@ -353,6 +474,7 @@ function peerState(s, pc) {
     s.watch = null;
     s.retries = 0;
     s.connected = true;
+    resumesInRow = 0;
     setStatus(s.label);
   } else if ((state === 'disconnected' || state === 'failed') && !s.watch) {
     setStatus('Connection lost, reconnecting…');
@@ -381,7 +503,7 @@ async function reconnect(s) {
   try {
     await connectPeer(s);
   } catch (err) {
-    if (session !== s || ended(err.status, err.message)) return;
+    if (session !== s || ended(err.status, err.message, err.id)) return;
     setStatus(`Reconnecting failed (${err.message}), retrying…`);
     const pc = s.pc;
     s.watch = setTimeout(() => { s.watch = null; if (s.pc === pc) reconnect(s); },
@@ -389,12 +511,20 @@ async function reconnect(s) {
   }
 }
 
-// The client creates the data channel (the server uses it): JSON both ways.
+// The client creates the data channel (the server uses it): JSON both ways. Its pings measure
+// the round trip and tell within PONG_TIMEOUT_MS that the renderer stopped answering.
 function openChannel(s, pc, channel) {
   s.channel = channel;
   channel.addEventListener('open', () => {
+    if (session !== s || s.pc !== pc) return;
     clearInterval(s.ping);
-    const ping = () => send(s, { type: 'ping', t: performance.now() });
+    s.lastPong = s.probedAt = performance.now();
+    const ping = () => {
+      if (session !== s || s.channel !== channel || channel.readyState !== 'open') return;
+      const now = performance.now();
+      if (now - Math.max(s.lastPong, s.probedAt) >= PONG_TIMEOUT_MS) checkAlive(s);
+      send(s, { type: 'ping', t: now });
+    };
     ping();
     s.ping = setInterval(ping, PING_EVERY_MS);
   });
@@ -402,6 +532,7 @@ function openChannel(s, pc, channel) {
     if (session !== s || s.pc !== pc) return;
     let msg;
     try { msg = JSON.parse(ev.data); } catch { return; }
+    if (msg?.type === 'pong') s.lastPong = performance.now();
     if (msg && typeof msg.type === 'string') onEvent(msg.type, msg);
   });
 }
@@ -578,12 +709,13 @@ async function sendText(ev) {
   ui.hudClient.textContent = '…';
   if (send(s, { type: 'text', text })) return;
   try {  // no open data channel (fallback, or a peer being replaced): plain HTTP
+    const id = s.id;
     const res = await fetch(`${s.base}/text`, {
       method: 'POST', headers: { ...JSON_HEADERS, ...s.auth }, body: JSON.stringify({ text }),
     });
     if (!res.ok) {
       typedEcho = sendAt = null;
-      await failed(res, 'Sending text failed');
+      await failed(res, 'Sending text failed', id);
     }
   } catch (err) {
     showError(`Sending text failed: ${err.message}`);
@@ -593,7 +725,10 @@ async function sendText(ev) {
 function interrupt() {
   const s = session;
   if (!s || send(s, { type: 'interrupt' })) return;
-  fetch(`${s.base}/interrupt`, { method: 'POST', headers: s.auth }).catch(() => {});
+  const id = s.id;
+  fetch(`${s.base}/interrupt`, { method: 'POST', headers: s.auth })
+    .then(async (res) => { if (!res.ok) ended(res.status, await errorText(res), id); })
+    .catch(() => {});
 }
 
 // ------------------------------------------------------------------------------ fallback
@@ -608,43 +743,71 @@ function startFallback(s, why) {
   ui.avatar.hidden = false;
   setStatus(`${s.label} (without WebRTC: ${why})`);
   ensureAudio();
+  openStream(s);
+}
+
+// The fallback's event stream and frame loop for the session's current id (again after a resume).
+function openStream(s) {
+  s.events?.close();
+  const id = s.id;
   // EventSource cannot send headers: the token goes in the query.
   const es = new EventSource(`${s.base}/events?token=${encodeURIComponent(s.token || '')}`);
   s.events = es;
-  es.onopen = () => { if (session === s) setStatus(s.label); };  // also after a reconnect
+  const live = () => session === s && s.events === es;
+  es.onopen = () => {  // also after a reconnect
+    if (!live()) return;
+    resumesInRow = 0;
+    setStatus(s.label);
+  };
   for (const type of Object.keys(handlers)) {
     es.addEventListener(type, (ev) => {
-      if (session !== s) return;
+      if (!live()) return;
       // `error` is also EventSource's own connection-error event, which carries no data.
-      if (type === 'error' && ev.data === undefined) return streamError(es);
-      try { onEvent(type, JSON.parse(ev.data)); } catch (err) { console.error(type, err); }
+      if (type === 'error' && ev.data === undefined) return streamError(s, es);
+      let data;
+      try { data = JSON.parse(ev.data); } catch (err) { return console.error(type, err); }
+      // The stream's last event when the session is lost: 410 resumes, 404 ends.
+      if (type === 'error' && ended(data?.status, data?.message, id)) return;
+      onEvent(type, data);
     });
   }
-  frameLoop(s);
+  s.frames = (s.frames || 0) + 1;
+  frameLoop(s, s.frames);
 }
 
-function streamError(es) {
+// A stream that EventSource gave up on (it hides the refusal's status): the session's info
+// tells a dead renderer (410: resume) from a session that is gone.
+async function streamError(s, es) {
   if (es.readyState !== EventSource.CLOSED) return setStatus('Connection lost, reconnecting…');
+  const id = s.id;
+  const live = () => session === s && s.events === es;
+  try {
+    const res = await fetch(s.base, { cache: 'no-store', headers: s.auth });
+    if (live() && !res.ok && ended(res.status, await errorText(res), id)) return;
+  } catch { /* no answer: the stream is over */ }
+  if (!live()) return;
   stop({ remote: false });
   showError('The event stream closed; press Start to open a new session.');
 }
 
-// Polls frame.jpg one request at a time; each frame's object URL is revoked when replaced.
-async function frameLoop(s) {
+// Polls frame.jpg one request at a time; each frame's object URL is revoked when replaced. A
+// newer loop (`run`, after a resume) replaces this one; none polls while a resume is under way.
+async function frameLoop(s, run = s.frames) {
   let shown = null;
-  while (session === s) {
+  while (session === s && s.frames === run) {
     const began = performance.now();
-    if (!document.hidden) {
+    if (!document.hidden && !s.resuming) {
+      const id = s.id;
       try {
         const res = await fetch(`${s.base}/frame.jpg`, { cache: 'no-store', headers: s.auth });
         if (res.ok) {
           const url = URL.createObjectURL(await res.blob());
-          if (session !== s) { URL.revokeObjectURL(url); break; }
+          if (session !== s || s.frames !== run) { URL.revokeObjectURL(url); break; }
           ui.avatar.src = url;
           if (shown) URL.revokeObjectURL(shown);
           shown = url;
         } else if (session === s && (res.status === 404 || res.status === 410)) {
-          await failed(res, 'Video');
+          await failed(res, 'Video', id);
         }
       } catch { /* a transient network error: try the next frame */ }
     }
@@ -732,6 +895,7 @@ window.avatarDebug = {
   get session_id() { return session?.id ?? null; },
   get mode() { return session?.mode ?? null; },
   get peers() { return session?.peers ?? 0; },  // peer connections made for this session
+  get resumes() { return resumes; },  // sessions resumed after a renderer loss on this page
   events: recent,
   get network() { return network; },  // the probe of this gateway (null until measured)
   stats: () => mediaStats(session?.pc ?? null),

@@ -366,8 +366,70 @@ def test_a_peer_that_never_connects_falls_back_to_plain_http(run: dict) -> None:
 
 
 def test_gone_session_reports_the_servers_message(run: dict) -> None:
+    # 404: gone for good; only a 410 (its renderer died) is resumed.
     assert run["gone"] == "Session ended: session s4 is unknown"
     assert run["gone_start_enabled"] is True
+    assert run["gone_resumes"] == 0
+
+
+def test_a_dead_renderer_is_resumed_with_the_old_token_then_offered_again(run: dict) -> None:
+    rs = run["resume_offer"]
+    assert [(r["resume"], r["auth"]) for r in rs["resume_posts"]] == [("s6", "Bearer tok-s6")]
+    assert rs["resume_body"] == {"persona": None, "video": True, "resume": "s6"}
+    assert rs["offers"] == [["/v1/sessions/s6/offer", "Bearer tok-s6"],
+                            ["/v1/sessions/s6/offer", "Bearer tok-s6"],  # the 410
+                            ["/v1/sessions/s7/offer", "Bearer tok-s7"]]
+    assert rs["ice_servers"] == [{"urls": ["stun:b.example.org:3478"]}]
+    assert rs["status_resumed"] == "Reconnected; the conversation goes on."
+    assert rs["status_connected"] == "Reconnected to clinic; the conversation goes on."
+    assert rs["note"] == ["system", "Reconnected; the conversation goes on."]
+    assert rs["cut_reply"] == ["interrupted"]  # what the dead renderer was saying
+    assert rs["debug"] == {"session_id": "s7", "resumes": 1}
+    assert rs["deletes"] == 0 and rs["error"] is None
+    assert rs["text_url"] == "/v1/sessions/s7/text"
+
+
+def test_silent_renderer_is_probed_after_3_s_and_resumed_only_when_gone(run: dict) -> None:
+    lv = run["liveness"]
+    assert lv["pings_in_3s"] == 4  # one at open, then every second
+    assert lv["info_gets_before_3s"] == 0
+    assert lv["info_gets_alive"] == [3000]  # one probe; 200 means alive
+    assert lv["resumes_alive"] == 0
+    assert lv["status_alive"] == "Reconnected to clinic; the conversation goes on."
+    assert lv["resumes_dead"] == [{"resume": "s7", "auth": "Bearer tok-s7"}]
+    assert 3000 <= lv["detected_after_ms"] <= 4000
+    assert lv["session_id"] == "s8" and lv["old_pc_closed"] is True
+    assert lv["stop_delete"] == ["/v1/sessions/s8", "Bearer tok-s8"]
+
+
+def test_fallback_resumes_on_a_410_stream_error_after_a_busy_countdown(run: dict) -> None:
+    hr = run["resume_http"]
+    assert hr["status_busy"] == "All avatars are busy, retrying in 2 s"
+    assert hr["resume_posts"] == [{"resume": "s10", "auth": "Bearer tok-s10"}] * 2
+    assert hr["frames_while_resuming"] == 0
+    assert hr["old_stream_closed"] is True and hr["old_stream_ignored"] is True
+    assert hr["events_url"] == "/v1/sessions/s11/events?token=tok-s11"
+    assert hr["frames_new"] > 0
+    assert (hr["mode"], hr["session_id"], hr["offers_new"]) == ("http", "s11", 0)
+    assert hr["error"] is None
+    # A frame answering 410 resumes too (once, with that session's token).
+    assert hr["frame_resumes"] == [{"resume": "s11", "auth": "Bearer tok-s11"}]
+    assert hr["events_url_after_frames"] == "/v1/sessions/s12/events?token=tok-s12"
+
+
+def test_refused_resume_ends_the_page_with_the_servers_message(run: dict) -> None:
+    rf = run["resume_refused"]
+    assert rf["gone_calls"] == 2 and rf["resume_posts"] == 1  # two 410s, one loss
+    assert rf["status_resuming"] == "The avatar's server stopped; resuming the conversation…"
+    assert rf["error"] == "Session ended: this token does not belong to session s14"
+    assert rf["start_enabled"] is True and rf["session_id"] is None and rf["pc_closed"] is True
+
+
+def test_renderers_that_keep_dying_are_resumed_three_times_then_the_page_stops(run: dict) -> None:
+    limit = run["resume_limit"]
+    assert limit["resumes"] == ["s20", "s21", "s22"]
+    assert limit["error"] == "The avatar's server kept failing; press Start for a new session."
+    assert limit["session_id"] is None
 
 
 def test_every_call_on_a_session_carries_its_token(run: dict) -> None:

@@ -63,7 +63,7 @@ function reply(status, body, headers = {}) {
     json: async () => body, blob: async () => ({ size: 1 }) };
 }
 async function fetch(url, opts = {}) {
-  const call = { url, method: opts.method || 'GET', body: opts.body,
+  const call = { url, method: opts.method || 'GET', body: opts.body, at: now,
     auth: (opts.headers || {}).Authorization ?? null };
   calls.push(call);
   return respond(call);
@@ -176,6 +176,13 @@ const controls = () => Object.fromEntries(['start', 'stop', 'interrupt', 'send',
 const hud = () => ['hud-first-audio-label', 'hud-first-audio', 'hud-retrieval', 'hud-llm']
   .map((k) => els[k].textContent);
 const offers = () => calls.filter((c) => c.url.endsWith('/offer'));
+const resumePosts = () => calls.filter((c) => c.url === '/v1/sessions' && JSON.parse(c.body).resume)
+  .map((c) => ({ resume: JSON.parse(c.body).resume, auth: c.auth, at: c.at }));
+const pongLast = (ch) => ch.message({ type: 'pong',
+  t: ch.sent.filter((m) => m.type === 'ping').at(-1).t });
+const ANSWER = { type: 'answer', sdp: 'v=0 answer' };
+const LOST = 'the renderer of this session stopped (POST /v1/sessions with {"resume": <this id>} '
+  + 'continues the conversation)';
 const submit = async (text) => {
   els['text-input'].value = text;
   els['text-form'].dispatch('submit', { preventDefault() {} });
@@ -483,6 +490,214 @@ const out = {};
   await settle();
   out.gone = els.error.textContent;
   out.gone_start_enabled = !els.start.disabled;
+  out.gone_resumes = resumePosts().length;
+
+  // 15. The renderer died: the re-offer after a lost peer answers 410. A new session (resume,
+  // with the old token) continues the conversation and the peer is offered to it.
+  const rs = {};
+  let renderer6Dead = false;
+  const resumeIds = ['s7', 's8'];
+  const infoStatus = {};
+  respond = (c) => {
+    if (c.url === '/v1/sessions') {
+      const body = JSON.parse(c.body);
+      if (!body.resume) return reply(201, { session_id: 's6', token: 'tok-s6', persona: 'clinic',
+        greeting: 'Hello!', ice_servers: [] });
+      const id = resumeIds.shift();
+      return reply(201, { session_id: id, token: `tok-${id}`, persona: 'clinic', history_turns: 2,
+        resumed_from: body.resume, ice_servers: [{ urls: ['stun:b.example.org:3478'] }] });
+    }
+    if (c.url === '/v1/sessions/s6/offer' && renderer6Dead) return reply(410, { error: LOST });
+    if (c.url.endsWith('/offer')) return reply(200, ANSWER);
+    const info = infoStatus[c.url];
+    if (c.method === 'GET' && info) return reply(info, info === 200 ? { state: 'listening' }
+      : { error: LOST });
+    return reply(202, {});
+  };
+  els.start.dispatch('click');
+  await settle();
+  const p6 = pcs.at(-1);
+  p6.gatherDone();
+  await settle();
+  p6.setState('connected');
+  p6.channels[0].open();
+  p6.channels[0].message({ type: 'text_delta', text: 'We open at', pts_ms: 1 });
+  renderer6Dead = true;
+  p6.setState('failed');
+  await advance(3100);  // the watchdog re-offers: 410
+  pcs.at(-1).gatherDone();
+  await settle();
+  rs.resume_posts = resumePosts();
+  rs.resume_body = JSON.parse(calls.findLast((c) => c.url === '/v1/sessions').body);
+  rs.status_resumed = els.status.textContent;
+  const p7 = pcs.at(-1);
+  rs.ice_servers = p7.config.iceServers;
+  p7.gatherDone();
+  await settle();
+  rs.offers = offers().filter((c) => /\/s[67]\//.test(c.url)).map((c) => [c.url, c.auth]);
+  p7.setState('connected');
+  rs.status_connected = els.status.textContent;
+  const note = els.chat.children.at(-1);
+  rs.note = [note.className, note.children.map((c) => c.textContent).join(' ')];
+  rs.cut_reply = [...els.chat.children.at(-2).classList.set];
+  rs.debug = { session_id: ctx.window.avatarDebug.session_id,
+    resumes: ctx.window.avatarDebug.resumes };
+  rs.deletes = calls.filter((c) => c.method === 'DELETE' && c.url.includes('/s6')).length;
+  rs.error = els.error.hidden ? null : els.error.textContent;
+  await submit('Are you still there?');  // the new peer's channel is not open yet: HTTP
+  rs.text_url = calls.filter((c) => c.url.endsWith('/text')).at(-1).url;
+  out.resume_offer = rs;
+
+  // 16. Liveness: pings every second; no pong for 3 s asks for the session's info. 200: the
+  // renderer lives (nothing happens); 410: resume.
+  const lv = {};
+  const ch7 = p7.channels[0];
+  ch7.open();
+  for (let i = 0; i < 3; i++) {
+    await advance(1000);
+    pongLast(ch7);
+  }
+  lv.pings_in_3s = ch7.sent.filter((m) => m.type === 'ping').length;
+  infoStatus['/v1/sessions/s7'] = 200;
+  const quietFrom = now;
+  await advance(2900);
+  lv.info_gets_before_3s = calls.filter((c) => c.url === '/v1/sessions/s7' && c.method === 'GET'
+    && c.at > quietFrom).length;
+  await advance(2100);
+  lv.info_gets_alive = calls.filter((c) => c.url === '/v1/sessions/s7' && c.method === 'GET'
+    && c.at > quietFrom).map((c) => c.at - quietFrom);
+  lv.resumes_alive = resumePosts().length - rs.resume_posts.length;
+  lv.status_alive = els.status.textContent;
+  pongLast(ch7);
+  const lastPong = now;
+  infoStatus['/v1/sessions/s7'] = 410;
+  await advance(6000);
+  const lost = resumePosts().slice(rs.resume_posts.length);
+  lv.resumes_dead = lost.map((r) => ({ resume: r.resume, auth: r.auth }));
+  lv.detected_after_ms = lost.length ? lost[0].at - lastPong : null;
+  lv.session_id = ctx.window.avatarDebug.session_id;
+  lv.old_pc_closed = p7.closed;
+  out.liveness = lv;
+  respond = () => reply(204, null);
+  els.stop.dispatch('click');
+  await settle();
+  out.liveness.stop_delete = [calls.findLast((c) => c.method === 'DELETE').url,
+    calls.findLast((c) => c.method === 'DELETE').auth];
+
+  // 17. Plain HTTP: the event stream's last event is an error with status 410. The first resume
+  // meets a full cluster (503): a countdown, then the same resume again; then a new stream.
+  // Later the frames of the new session answer 410: resumed again.
+  const hr = {};
+  let resumeTries = 0;
+  let frames11Gone = false;
+  respond = (c) => {
+    if (c.url === '/v1/sessions') {
+      const from = JSON.parse(c.body).resume;
+      if (!from) return reply(201, { session_id: 's10', token: 'tok-s10', persona: 'clinic',
+        greeting: '' });
+      if (++resumeTries === 1) return reply(503, { error: 'full' }, { 'Retry-After': '2' });
+      const id = from === 's10' ? 's11' : 's12';
+      return reply(201, { session_id: id, token: `tok-${id}`, persona: 'clinic',
+        history_turns: 4, resumed_from: from });
+    }
+    if (c.url.endsWith('/offer')) return reply(500, { error: 'no media here' });
+    if (c.url.startsWith('/v1/sessions/s11/frame.jpg') && frames11Gone) {
+      return reply(410, { error: LOST });
+    }
+    return reply(200, {});
+  };
+  const resumedBefore = resumePosts().length;
+  els.start.dispatch('click');
+  await settle();
+  pcs.at(-1).gatherDone();
+  await settle();
+  const es10 = streams.at(-1);
+  await advance(300);
+  es10.emit('error', { message: LOST, status: 410 });
+  await settle();
+  hr.status_busy = els.status.textContent;
+  await advance(1000);
+  hr.frames_while_resuming = calls.filter((c) => c.url.includes('/s10/frame.jpg')
+    && c.at > now - 900).length;
+  await advance(1100);
+  hr.resume_posts = resumePosts().slice(resumedBefore).map((r) => ({ resume: r.resume,
+    auth: r.auth }));
+  hr.old_stream_closed = es10.readyState === 2;
+  hr.events_url = streams.at(-1).url;
+  await advance(300);
+  hr.frames_new = calls.filter((c) => c.url.includes('/s11/frame.jpg')).length;
+  hr.mode = ctx.window.avatarDebug.mode;
+  hr.session_id = ctx.window.avatarDebug.session_id;
+  hr.offers_new = offers().filter((c) => c.url.includes('/s11/')).length;
+  hr.error = els.error.hidden ? null : els.error.textContent;
+  es10.emit('text_delta', { text: 'from the old stream', pts_ms: 1 });
+  hr.old_stream_ignored = !texts('avatar').includes('from the old stream');
+  frames11Gone = true;
+  await advance(200);
+  hr.frame_resumes = resumePosts().slice(resumedBefore + 2).map((r) => ({ resume: r.resume,
+    auth: r.auth }));
+  hr.events_url_after_frames = streams.at(-1).url;
+  out.resume_http = hr;
+  respond = () => reply(204, null);
+  els.stop.dispatch('click');
+  await settle();
+
+  // 18. A typed text and a barge-in both answer 410 (one loss: one resume); the resume is
+  // refused (403): the page ends with the server's message.
+  const rf = {};
+  let refuse = null;
+  respond = (c) => {
+    if (c.url === '/v1/sessions') {
+      if (!JSON.parse(c.body).resume) return reply(201, { session_id: 's14', token: 'tok-s14',
+        persona: 'clinic', greeting: '' });
+      return new Promise((ok) => {
+        refuse = () => ok(reply(403, { error: 'this token does not belong to session s14' }));
+      });
+    }
+    if (c.url.endsWith('/offer')) return reply(200, ANSWER);
+    if (/\/(text|interrupt)$/.test(c.url)) return reply(410, { error: LOST });
+    return reply(202, {});
+  };
+  els.start.dispatch('click');
+  await settle();
+  const p14 = pcs.at(-1);
+  p14.gatherDone();
+  await settle();
+  p14.setState('connected');
+  els['text-input'].value = 'Hello?';  // the channel never opened: text and barge-in over HTTP
+  els['text-form'].dispatch('submit', { preventDefault() {} });
+  els.interrupt.dispatch('click');  // both answer 410: one resume
+  await settle();
+  rf.gone_calls = calls.filter((c) => /s14\/(text|interrupt)$/.test(c.url)).length;
+  rf.resume_posts = resumePosts().filter((r) => r.resume === 's14').length;
+  rf.status_resuming = els.status.textContent;
+  refuse();
+  await settle();
+  rf.error = els.error.textContent;
+  rf.start_enabled = !els.start.disabled;
+  rf.session_id = ctx.window.avatarDebug.session_id;
+  rf.pc_closed = p14.closed;
+  out.resume_refused = rf;
+
+  // 19. Renderers that keep dying: MAX_RESUMES (3) resumes in a row, then the page gives up.
+  let nextId = 20;
+  respond = (c) => {
+    if (c.url === '/v1/sessions') {
+      const id = `s${nextId++}`;
+      return reply(201, { session_id: id, token: `tok-${id}`, persona: 'clinic', greeting: '' });
+    }
+    if (c.url.endsWith('/offer')) return reply(410, { error: LOST });
+    return reply(202, {});
+  };
+  const resumesBefore = resumePosts().length;
+  els.start.dispatch('click');
+  await settle();
+  for (let i = 0; i < 6; i++) {
+    pcs.at(-1).gatherDone();
+    await settle();
+  }
+  out.resume_limit = { resumes: resumePosts().slice(resumesBefore).map((r) => r.resume),
+    error: els.error.textContent, session_id: ctx.window.avatarDebug.session_id };
   // Every call on a session carries that session's token.
   out.session_calls = calls.filter((c) => c.url.startsWith('/v1/sessions/')).length;
   out.without_token = calls.filter((c) => c.url.startsWith('/v1/sessions/')
