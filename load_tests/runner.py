@@ -48,6 +48,9 @@ class RunSettings:
     seed: int = 0
     probe: bool = True
     metrics_every_s: float = 10.0
+    settle_s: float = 3.0
+    """After the last user hung up, wait this long before the final ``/metrics`` sample (its
+    live sessions are the leaked ones)."""
 
 
 @dataclass
@@ -120,6 +123,7 @@ async def run_load(settings: RunSettings, questions: list[str], audio: dict[str,
             for task in (sampler, lag):
                 task.cancel()
             await asyncio.gather(sampler, lag, return_exceptions=True)
+            await asyncio.sleep(settings.settle_s)
             with contextlib.suppress(httpx.HTTPError):
                 await _sample_once(http, data, origin)
     data.wall_s = round(time.monotonic() - origin, 2)

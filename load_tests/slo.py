@@ -26,7 +26,8 @@ PERCENTILE_FIGURES = (
     "text_to_first_audio_ms", "barge_in_stop_ms", "av_offset_ms", "abs_av_offset_ms",
     "frame_interval_ms", "frame_jitter_ms", "session_fps")
 """Figures reported as ``{"p5"?, "p50", "p95", "p99", "n"}`` over the run."""
-SCALAR_FIGURES = ("rejection_rate", "failure_rate", "memory_growth_pct", "frames_dropped")
+SCALAR_FIGURES = ("rejection_rate", "failure_rate", "memory_growth_pct", "frames_dropped",
+                  "leaked_sessions")
 GROUP_FIGURES = {"freezes": ("total", "sessions", "per_session_minute", "longest_ms",
                              "during_harness_stall"),
                  "lost_turns": ("total", "rate")}

@@ -138,7 +138,7 @@ async def test_the_runner_follows_the_profile_replaces_users_and_cuts_stragglers
 
     seen = []
     settings = RunSettings("http://127.0.0.1:8000", make_profile("constant", 2, 5.0),
-                           turns=2, probe=False, metrics_every_s=1.0)
+                           turns=2, probe=False, metrics_every_s=1.0, settle_s=0.0)
     t0 = time.monotonic()
     data = await run_load(settings, ["q?"], {}, progress=seen.append,
                           transport=httpx.MockTransport(handler))
