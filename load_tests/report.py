@@ -75,8 +75,9 @@ def aggregate(sessions: Sequence[SessionResult], server: Sequence[tuple[float, d
     figures["memory_growth_pct"] = memory_growth_pct(
         server, steady_from_s + MEMORY_WARMUP_S, MEMORY_MIN_WINDOW_S)
     figures["frames_dropped"] = counter_delta(server, "frames_dropped")
-    # The last sample is taken after every user hung up: a live session then is a leak
-    # (or another client's: run against a cluster nobody else uses).
+    # The last samples are taken after every user hung up, until none is live (at most
+    # settle_s): a live session then is a leak (or another client's: run against a cluster
+    # nobody else uses).
     figures["leaked_sessions"] = server[-1][1].get("sessions") if server else None
     figures["probe"] = _probes(sessions)
     return figures

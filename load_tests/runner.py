@@ -37,6 +37,9 @@ MAX_BACKOFF_S = 10.0
 LAG_PERIOD_S = 0.1
 
 
+SETTLE_EVERY_S = 2.0
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """One run: where, how many, how long."""
@@ -48,9 +51,10 @@ class RunSettings:
     seed: int = 0
     probe: bool = True
     metrics_every_s: float = 10.0
-    settle_s: float = 3.0
-    """After the last user hung up, wait this long before the final ``/metrics`` sample (its
-    live sessions are the leaked ones)."""
+    settle_s: float = 30.0
+    """After the last user hung up, sample ``/metrics`` every 2 s until it shows no live
+    session, for at most this long (Ray exports gauges every few seconds, and a session
+    closes a moment after its hang-up); the last sample's live sessions are the leaked ones."""
 
 
 @dataclass
@@ -123,9 +127,7 @@ async def run_load(settings: RunSettings, questions: list[str], audio: dict[str,
             for task in (sampler, lag):
                 task.cancel()
             await asyncio.gather(sampler, lag, return_exceptions=True)
-            await asyncio.sleep(settings.settle_s)
-            with contextlib.suppress(httpx.HTTPError):
-                await _sample_once(http, data, origin)
+            await _settle(http, data, origin, settings.settle_s)
     data.wall_s = round(time.monotonic() - origin, 2)
     data.cpu_s = round(time.process_time() - cpu0, 2)
     return data
@@ -207,6 +209,20 @@ async def _sample(http: Any, data: RunData, origin: float, every_s: float) -> No
         except httpx.HTTPError as exc:
             data.metrics_error = f"GET /metrics: {type(exc).__name__}"
         await asyncio.sleep(every_s)
+
+
+async def _settle(http: Any, data: RunData, origin: float, within_s: float) -> None:
+    """Final samples: until the server shows no live session, or ``within_s`` passed."""
+    import httpx
+
+    deadline = time.monotonic() + within_s
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            await _sample_once(http, data, origin)
+        live = data.server[-1][1].get("sessions") if data.server else None
+        if not live or time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(SETTLE_EVERY_S)
 
 
 async def _sample_once(http: Any, data: RunData, origin: float) -> None:
