@@ -34,6 +34,8 @@ def _instruments() -> dict[str, Any]:
         "created": m.Counter("avatar_sessions_created_total", "Sessions created."),
         "turns": m.Counter("avatar_turns_total", "Finished turns by outcome.",
                            tag_keys=("outcome",)),
+        "lost": m.Counter("avatar_sessions_lost_total", "Sessions of dead renderers closed "
+                          "as lost (their clients never resumed them)."),
     }
 
 
@@ -74,3 +76,8 @@ class RayMetrics(MetricsSink):
     def turn(self, outcome: str) -> None:
         super().turn(outcome)
         self._m["turns"].inc(1, tags={"outcome": outcome})
+
+    def sessions_lost(self, count: int) -> None:
+        super().sessions_lost(count)
+        if count:
+            self._m["lost"].inc(count)

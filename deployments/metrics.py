@@ -9,10 +9,11 @@ calls to Prometheus through Ray's metrics agent. Names (Prometheus adds Ray's ``
 * ``avatar_sessions{replica}``, ``avatar_session_capacity{replica}``: gauges
 * ``avatar_frames_rendered_total{replica}``, ``avatar_frames_dropped_total{replica}``
 * ``avatar_render_batch_ms{replica}``: histogram of one batched render step
-* ``avatar_admission_rejections_total{reason}``: full, draining, bad_request
+* ``avatar_admission_rejections_total{reason}``: full, draining, bad_request, rate_limited,
+  unauthorized, tenant_quota
 * ``avatar_sessions_created_total``, ``avatar_turns_total{outcome}``: answered, refused,
   interrupted, error
-* ``sessions_lost`` (in memory): sessions of dead renderers this replica closed as lost
+* ``avatar_sessions_lost_total``: sessions of dead renderers closed as lost (never resumed)
 """
 
 from __future__ import annotations
