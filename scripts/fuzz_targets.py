@@ -419,22 +419,24 @@ class Audio(Target):
         return pcm, rate, pts
 
 
-def real_offer(loop: asyncio.AbstractEventLoop) -> str:
+async def make_offer() -> str:
     """A real offer from aiortc (audio sendrecv, video recvonly, a data channel, host
     candidates), as a browser would send it."""
     from aiortc import RTCConfiguration, RTCPeerConnection
 
-    async def make() -> str:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver("audio", direction="sendrecv")
-        pc.addTransceiver("video", direction="recvonly")
-        pc.createDataChannel("chat")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="sendrecv")
+    pc.addTransceiver("video", direction="recvonly")
+    pc.createDataChannel("chat")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
 
-    return loop.run_until_complete(make())
+
+def real_offer(loop: asyncio.AbstractEventLoop) -> str:
+    """:func:`make_offer` on ``loop``."""
+    return loop.run_until_complete(make_offer())
 
 
 def fdp_seed(body: bytes, *choices: int) -> bytes:

@@ -82,20 +82,10 @@ class RecordingChannel:
 def real_offer() -> str:
     """A real offer from aiortc's createOffer (audio sendrecv, video recvonly, a data channel,
     host candidates), made on a thread of its own so any test can call it."""
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    async def make() -> str:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver("audio", direction="sendrecv")
-        pc.addTransceiver("video", direction="recvonly")
-        pc.createDataChannel("chat")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
+    from scripts.fuzz_targets import make_offer
 
     result: list[str] = []
-    thread = threading.Thread(target=lambda: result.append(asyncio.run(make())))
+    thread = threading.Thread(target=lambda: result.append(asyncio.run(make_offer())))
     thread.start()
     thread.join(30.0)
     return result[0]
