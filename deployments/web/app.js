@@ -217,14 +217,7 @@ async function start() {
     if (mine === attempt) retryLater(DEFAULT_RETRY_S, `Cannot reach the server (${err.message})`);
     return;
   }
-  if (mine !== attempt) {  // Stop was pressed meanwhile: give back a session we got anyway
-    if (res.ok) {
-      res.json()
-        .then((i) => deleteSession(`${API}/${encodeURIComponent(i.session_id)}`, bearer(i.token)))
-        .catch(() => {});
-    }
-    return;
-  }
+  if (mine !== attempt) return giveBack(res);  // Stop was pressed meanwhile
   if (res.status === 503) {
     const secs = parseInt(res.headers.get('Retry-After') || '', 10);
     return retryLater(secs > 0 ? secs : DEFAULT_RETRY_S, 'All avatars are busy');
@@ -271,6 +264,14 @@ function retryLater(secs, why, again = start) {
 }
 
 const clearRetry = () => { clearTimeout(retryTimer); retryTimer = null; };
+
+// A session created after Stop was pressed is deleted at once.
+function giveBack(res) {
+  if (!res.ok) return;
+  res.json()
+    .then((i) => deleteSession(`${API}/${encodeURIComponent(i.session_id)}`, bearer(i.token)))
+    .catch(() => {});
+}
 
 const deleteSession = (base, auth) =>
   fetch(base, { method: 'DELETE', keepalive: true, headers: auth }).catch(() => {});
@@ -329,14 +330,7 @@ async function resume(s, retry = false) {
     }
     return;
   }
-  if (session !== s) {  // Stop was pressed meanwhile: give back the new session
-    if (res.ok) {
-      res.json()
-        .then((i) => deleteSession(`${API}/${encodeURIComponent(i.session_id)}`, bearer(i.token)))
-        .catch(() => {});
-    }
-    return;
-  }
+  if (session !== s) return giveBack(res);  // Stop was pressed meanwhile
   if (res.status === 503) {
     const secs = parseInt(res.headers.get('Retry-After') || '', 10);
     return retryLater(secs > 0 ? secs : DEFAULT_RETRY_S, 'All avatars are busy', again);
