@@ -68,22 +68,8 @@ MAX_RETRY_AFTER_S = 10.0
 
 
 class TenantSession(_ServeSession):
-    """A session of one persona (so of its tenant) created by :func:`attempt`."""
-
-    async def attach(self, created: dict[str, Any]) -> TenantSession:
-        """Take over the created session and open its event stream."""
-        self.sid = str(created["session_id"])
-        self.headers = {"Authorization": f"Bearer {created['token']}"}
-        self._reader = asyncio.create_task(self._read())
-        deadline = time.perf_counter() + TURN_TIMEOUT_S
-        while not self.tape.items:
-            if self._reader.done():
-                self._reader.result()
-                raise BackendError("the session's event stream closed before its first event")
-            if time.perf_counter() > deadline:
-                raise BackendError(f"no event on the session's stream in {TURN_TIMEOUT_S:.0f} s")
-            await asyncio.sleep(0.01)
-        return self
+    """A session of one persona (so of its tenant) created by :func:`attempt` and taken over
+    with :meth:`attach`."""
 
 
 async def attempt(client: Any, persona: str) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from configs.schema import AppConfig
 from deployments.timing import percentiles
@@ -202,8 +202,12 @@ class _ServeSession:
         self.headers: dict[str, str] = {}
 
     async def open(self) -> None:
-        created = await _post(self.client, "/v1/sessions", {"video": False})
-        self.sid = created["session_id"]
+        await self.attach(await _post(self.client, "/v1/sessions", {"video": False}))
+
+    async def attach(self, created: dict[str, Any]) -> Self:
+        """Take over a created session (``POST /v1/sessions``'s reply) and open its event
+        stream."""
+        self.sid = str(created["session_id"])
         self.headers = {"Authorization": f"Bearer {created['token']}"}
         self._reader = asyncio.create_task(self._read())
         deadline = time.perf_counter() + TURN_TIMEOUT_S
@@ -214,6 +218,7 @@ class _ServeSession:
             if time.perf_counter() > deadline:
                 raise BackendError(f"no event on the session's stream in {TURN_TIMEOUT_S:.0f} s")
             await asyncio.sleep(0.01)
+        return self
 
     async def _read(self) -> None:
         parser = SSEParser()
